@@ -34,11 +34,11 @@ setup(
     maintainer_email="maintainers@evit-perception.org",
     description="ViT object detection for UAVs: ROS 2 node and compression pipeline",
     license="Apache-2.0",
-    tests_require=["pytest"],
     python_requires=">=3.8",
     entry_points={
         "console_scripts": [
             "evit_detector = evit_perception.detector_node:main",
+            "evit_geolocation = evit_perception.geolocation.geolocation_node:main",
             "evit = evit_training.cli:main",
         ],
     },

@@ -44,7 +44,7 @@ if ! stamp_ok vision_msgs "$key"; then
     -e "s#/[^\";]*/site-packages/numpy/(_core|core)/include#${npinc}#g"
   log "building vision_msgs from interfaces/vision_msgs"
   build=$ROOT/build/vision_msgs
-  rm -rf "$build"
+  rm -rf "$build"; mkdir -p "$build"
   AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV cmake -S interfaces/vision_msgs -B "$build" \
     -DCMAKE_INSTALL_PREFIX="$VENV" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release \
     -DPython3_EXECUTABLE="$VENV/bin/python3" >"$build.log" 2>&1 || { tail -30 "$build.log"; exit 1; }

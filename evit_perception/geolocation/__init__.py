@@ -1,0 +1,1 @@
+"""Person geolocation and obstacle bearings from detections, camera model and drone pose."""
