@@ -25,7 +25,8 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 key=$(digest requirements/*.txt)
 if ! stamp_ok wheels "$key"; then
   log "installing pinned wheels (first run: several minutes; torch comes from local disk)"
-  "${PIP[@]}" -r requirements/ros2-jazzy.txt -r requirements/dev.txt 2>&1 | grep -v "is ignored: it is neither" || true
+  # From / so setup.cfg's ament install scheme (scripts into lib/<pkg>) never applies to wheels.
+  (cd / && "${PIP[@]}" -r "$ROOT/requirements/ros2-jazzy.txt" -r "$ROOT/requirements/dev.txt") 2>&1 | grep -v "is ignored: it is neither" || true
   "$VENV/bin/python" -c "import rclpy, torch, timm, onnxruntime, rosbags" \
     || { log "wheel install incomplete"; exit 1; }
   stamp_set wheels "$key"
@@ -60,5 +61,23 @@ if ! stamp_ok package "$key"; then
   log "installing evit_perception (editable)"
   "${PIP[@]}" --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
   stamp_set package "$key"
+fi
+# Python 3.8 + NumPy 1.x environment for the compatibility test (test/test_jetson_compat.py).
+PY38=${EVIT_PYTHON38:-}
+if [[ -z $PY38 ]]; then  # pyenv shims exist even where the version is not selected: try each
+  for c in python3.8 /root/.pyenv/versions/3.8.*/bin/python3.8 /usr/bin/python3.8; do
+    "$c" -c "import sys" >/dev/null 2>&1 && { PY38=$c; break; }
+  done
+fi
+COMPAT=$ROOT/.venv-py38
+key=$(digest requirements/jetson-compat.txt)
+if [[ -n $PY38 && -x $PY38 ]] && ! stamp_ok compat "$key"; then
+  log "creating $COMPAT (Python 3.8 + NumPy 1.x, the drone's constraints)"
+  rm -rf "$COMPAT" && "$PY38" -m venv "$COMPAT"
+  (cd / && "$COMPAT/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements/jetson-compat.txt") 2>&1 \
+    | grep -v "is ignored: it is neither" || true
+  "$COMPAT/bin/python" -c "import numpy, cv2, onnxruntime" && stamp_set compat "$key"
+elif [[ -z $PY38 ]]; then
+  log "no python3.8 found: the Python 3.8 / NumPy 1.x compatibility test will skip"
 fi
 log "environment ready: $VENV"
