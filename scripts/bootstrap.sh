@@ -17,8 +17,8 @@ stamp_set() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
 command -v "$PY" >/dev/null || PY=python3
 if [[ ! -x $VENV/bin/python ]]; then
   log "creating $VENV with $($PY --version)"
-  "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip wheel setuptools
+  (cd / && "$PY" -m venv "$VENV")
+  (cd / && "$VENV/bin/python" -m pip install -q --upgrade pip wheel setuptools)
 fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 
@@ -73,7 +73,7 @@ COMPAT=$ROOT/.venv-py38
 key=$(digest requirements/jetson-compat.txt)
 if [[ -n $PY38 && -x $PY38 ]] && ! stamp_ok compat "$key"; then
   log "creating $COMPAT (Python 3.8 + NumPy 1.x, the drone's constraints)"
-  rm -rf "$COMPAT" && "$PY38" -m venv "$COMPAT"
+  rm -rf "$COMPAT" && (cd / && "$PY38" -m venv "$COMPAT")
   (cd / && "$COMPAT/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements/jetson-compat.txt") 2>&1 \
     | grep -v "is ignored: it is neither" || true
   "$COMPAT/bin/python" -c "import numpy, cv2, onnxruntime" && stamp_set compat "$key"
