@@ -6,24 +6,22 @@ detection head stay as they are, so the pruned backbone drops into the same dete
 
 timm's ``Attention.forward`` reshapes with ``self.num_heads``/``self.head_dim`` and
 ``self.attn_dim``, so after pruning heads we only update those attributes (no forward patch).
-The resulting per-block widths are recorded as a plain dict (:func:`pruned_architecture`)
-and stored in the model config so a checkpoint reloads with :func:`apply_pruned_architecture`
-without the original pruning run.
+The resulting per-block widths (:func:`pruned_architecture`, the ``blocks`` list of
+``evit_training.models`` configs) go into the detector's config through
+``ViTDetector.config_from_modules()``, so a saved checkpoint reloads without the pruning run;
+:func:`apply_pruned_architecture` does the same for a bare timm ViT.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
 log = logging.getLogger(__name__)
-
-#: Key under which the pruned widths live in ``model.config``.
-ARCH_KEY = "pruned_arch"
 
 IMPORTANCE_NAMES = ("magnitude", "taylor", "group_norm")
 
@@ -32,7 +30,7 @@ IMPORTANCE_NAMES = ("magnitude", "taylor", "group_norm")
 class PruneResult:
     """What a pruning run did, for logs and the report."""
 
-    arch: Dict[str, List[int]]
+    arch: List[Dict[str, int]]
     params_before: int
     params_after: int
     macs_before: int
@@ -68,14 +66,10 @@ def vit_backbone(model: nn.Module) -> nn.Module:
     return backbone
 
 
-def pruned_architecture(model: nn.Module) -> Dict[str, List[int]]:
-    """Per-block head counts, head dims and MLP hidden widths of ``model``'s ViT."""
-    blocks = vit_backbone(model).blocks
-    return {
-        "num_heads": [int(b.attn.num_heads) for b in blocks],
-        "head_dim": [int(b.attn.head_dim) for b in blocks],
-        "mlp_hidden": [int(b.mlp.fc1.out_features) for b in blocks],
-    }
+def pruned_architecture(model: nn.Module) -> List[Dict[str, int]]:
+    """Per-block ``{"num_heads", "head_dim", "mlp_hidden"}`` of ``model``'s ViT."""
+    return [{"num_heads": int(b.attn.num_heads), "head_dim": int(b.attn.head_dim),
+             "mlp_hidden": int(b.mlp.fc1.out_features)} for b in vit_backbone(model).blocks]
 
 
 def _resize_linear(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
@@ -86,42 +80,40 @@ def _resize_linear(linear: nn.Linear, in_features: int, out_features: int) -> nn
 
 
 def _set_attention_heads(attn: nn.Module, num_heads: int, head_dim: int) -> None:
-    # timm's Attention reads these three in forward; scale depends on head_dim only.
+    # timm's Attention reads these in forward; scale depends on head_dim only.
     attn.num_heads = num_heads
     attn.head_dim = head_dim
     attn.attn_dim = num_heads * head_dim
     attn.scale = head_dim ** -0.5
 
 
-def apply_pruned_architecture(model: nn.Module, arch: Dict[str, Sequence[int]]) -> nn.Module:
-    """Reshape a freshly built model's blocks to ``arch`` so a pruned state dict loads.
+def apply_pruned_architecture(model: nn.Module, blocks_spec: Sequence[Mapping[str, int]]) -> nn.Module:
+    """Reshape a freshly built timm ViT's blocks to ``blocks_spec`` so a pruned state dict loads.
 
-    Weights of resized layers are re-initialised; load the checkpoint afterwards.
+    Weights of resized layers are re-initialised; load the checkpoint afterwards. (Detectors
+    from ``evit_training.models`` do this themselves from ``config["blocks"]``.)
     """
     blocks = vit_backbone(model).blocks
-    for key in ("num_heads", "mlp_hidden"):
-        if len(arch.get(key, ())) != len(blocks):
-            raise ValueError(f"pruned architecture '{key}' has {len(arch.get(key, ()))} entries, "
-                             f"the model has {len(blocks)} blocks")
-    head_dims = arch.get("head_dim") or [b.attn.head_dim for b in blocks]
-    for block, heads, head_dim, hidden in zip(blocks, arch["num_heads"], head_dims, arch["mlp_hidden"]):
+    if len(blocks_spec) != len(blocks):
+        raise ValueError(f"pruned architecture lists {len(blocks_spec)} blocks, the model has {len(blocks)}")
+    for block, spec in zip(blocks, blocks_spec):
         attn, mlp = block.attn, block.mlp
         if getattr(attn, "gate", None) is not None or not isinstance(attn.q_norm, nn.Identity):
             raise NotImplementedError("pruned reload supports plain timm Attention only")
-        width = int(heads) * int(head_dim)
+        heads, head_dim, hidden = int(spec["num_heads"]), int(spec["head_dim"]), int(spec["mlp_hidden"])
+        width = heads * head_dim
         attn.qkv = _resize_linear(attn.qkv, attn.qkv.in_features, 3 * width)
         attn.proj = _resize_linear(attn.proj, width, attn.proj.out_features)
-        _set_attention_heads(attn, int(heads), int(head_dim))
-        mlp.fc1 = _resize_linear(mlp.fc1, mlp.fc1.in_features, int(hidden))
-        mlp.fc2 = _resize_linear(mlp.fc2, int(hidden), mlp.fc2.out_features)
-    _record_arch(model)
+        _set_attention_heads(attn, heads, head_dim)
+        mlp.fc1 = _resize_linear(mlp.fc1, mlp.fc1.in_features, hidden)
+        mlp.fc2 = _resize_linear(mlp.fc2, hidden, mlp.fc2.out_features)
     return model
 
 
 def _record_arch(model: nn.Module) -> None:
-    config = getattr(model, "config", None)
-    if isinstance(config, dict):
-        config[ARCH_KEY] = pruned_architecture(model)
+    # ViTDetector reads its widths back from the layers into config["blocks"].
+    if hasattr(model, "config_from_modules"):
+        model.config_from_modules()
 
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> "tuple[int, int]":

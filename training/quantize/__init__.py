@@ -1,0 +1,1 @@
+"""Quantization of exported detectors: FP16 for GPUs, INT8 static QDQ with sensitivity analysis."""
