@@ -1,0 +1,224 @@
+"""The geolocation node over real DDS: detections + pose + camera_info -> Detection3DArray.
+
+The node runs as its own process (``python -m evit_perception.geolocation.geolocation_node``)
+in a namespace, with MAVROS-style remappings; this process publishes synthetic inputs and
+checks the outputs against the synthetic geometry (1 cm on the ground at 40 m altitude with an
+oblique, distorted camera; 1e-4 rad for bearings). Bad inputs must produce no output, one
+throttled warning per cause, and leave the node answering the next good message.
+"""
+import math
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from builtin_interfaces.msg import Time  # noqa: E402
+from geometry_msgs.msg import PoseArray, PoseStamped  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo  # noqa: E402
+from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Detection3DArray,  # noqa: E402
+                             ObjectHypothesis, ObjectHypothesisWithPose)
+
+from evit_perception.geolocation.camera_model import CameraModel  # noqa: E402
+from evit_perception.geolocation.frames import CameraMount, RigidTransform, rpy_to_matrix  # noqa: E402
+from evit_perception.geolocation.stamp_matching import stamp_to_ns  # noqa: E402
+from evit_perception.geolocation.warning_throttle import ThrottledWarnings  # noqa: E402
+from support.ros_processes import NodeProcess, RosPeer  # noqa: E402
+
+NS = "/uav1"
+K = [800.0, 0.0, 320.0, 0.0, 810.0, 240.0, 0.0, 0.0, 1.0]
+D = [-0.21, 0.05, 0.0005, -0.0007, 0.0]
+MOUNT = CameraMount((0.1, 0.0, -0.1), (0.0, 1.1, 0.05))  # oblique, slightly yawed
+GROUND_TOLERANCE_M = 0.01
+BEARING_TOLERANCE_RAD = 1e-4
+
+
+def stamp(sec: float) -> Time:
+    return Time(sec=int(sec), nanosec=int(round((sec - int(sec)) * 1e9)))
+
+
+def camera_info(k=K) -> CameraInfo:
+    msg = CameraInfo(width=640, height=480, distortion_model="plumb_bob")
+    msg.header.frame_id = "camera_optical_frame"
+    msg.k, msg.d = list(k), list(D)
+    return msg
+
+
+def pose_msg(sec, xyz, rpy) -> PoseStamped:
+    q = RigidTransform(rpy_to_matrix(*rpy)).quaternion()
+    msg = PoseStamped()
+    msg.header.stamp, msg.header.frame_id = stamp(sec), "map"
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = map(float, xyz)
+    o = msg.pose.orientation
+    o.x, o.y, o.z, o.w = map(float, q)
+    return msg
+
+
+def detections_msg(sec, boxes, classes, scores) -> Detection2DArray:
+    msg = Detection2DArray()
+    msg.header.stamp, msg.header.frame_id = stamp(sec), "camera_optical_frame"
+    for n, (box, cls, score) in enumerate(zip(boxes, classes, scores)):
+        det = Detection2D(header=msg.header, id="det%d" % n)
+        det.bbox = BoundingBox2D(size_x=float(box[2] - box[0]), size_y=float(box[3] - box[1]))
+        det.bbox.center.position.x = float(box[0] + box[2]) / 2.0
+        det.bbox.center.position.y = float(box[1] + box[3]) / 2.0
+        det.results.append(ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=cls, score=score)))
+        msg.detections.append(det)
+    return msg
+
+
+def scene(base_xyz, base_rpy, ground_points, obstacle_dirs_body):
+    """Boxes whose bottom-centres image ``ground_points`` and whose centres lie along the body
+    directions of obstacles, for the true drone pose; computed with the camera model directly."""
+    camera = CameraModel(np.reshape(K, (3, 3)), D, "plumb_bob")
+    world_from_optical = RigidTransform(rpy_to_matrix(*base_rpy), np.array(base_xyz, float)).compose(
+        MOUNT.base_to_optical())
+    feet = camera.project(world_from_optical.inverse().apply(np.asarray(ground_points, float)))
+    person_boxes = [(u - 12.0, v - 50.0, u + 12.0, v) for u, v in feet]
+    optical_dirs = np.asarray(obstacle_dirs_body, float) @ MOUNT.base_to_optical().rotation
+    centres = camera.project(optical_dirs)
+    obstacle_boxes = [(u - 20.0, v - 30.0, u + 20.0, v + 30.0) for u, v in centres]
+    for u, v in np.vstack([feet, centres]):
+        assert 0 < u < 640 and 0 < v < 480, "synthetic scene must stay inside the image"
+    return person_boxes, obstacle_boxes
+
+
+class Harness:
+    def __init__(self, peer: RosPeer, node: NodeProcess) -> None:
+        self.peer, self.node = peer, node
+        n = peer.node
+        reliable = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_info = n.create_publisher(CameraInfo, NS + "/camera/camera_info", reliable)
+        self.pub_pose = n.create_publisher(PoseStamped, "/mavros/local_position/pose", reliable)
+        self.pub_det = n.create_publisher(Detection2DArray, NS + "/detections", reliable)
+        self.located, self.poses, self.bearings = [], [], []
+        n.create_subscription(Detection3DArray, NS + "/geolocation/detections", self.located.append, reliable)
+        n.create_subscription(PoseArray, NS + "/geolocation/poses", self.poses.append, reliable)
+        n.create_subscription(Detection3DArray, NS + "/obstacle_bearings", self.bearings.append, reliable)
+
+    def publish(self, *msgs) -> None:
+        for msg in msgs:
+            {CameraInfo: self.pub_info, PoseStamped: self.pub_pose, Detection2DArray: self.pub_det}[type(msg)].publish(msg)
+            self.peer.spin_for(0.05)
+
+    def located_at(self, sec):
+        return [m for m in self.located if stamp_to_ns(m.header.stamp) == stamp_to_ns(stamp(sec))]
+
+    def wait_located(self, sec, timeout=10.0):
+        self.peer.spin_until(lambda: bool(self.located_at(sec)), timeout)
+        return self.located_at(sec)
+
+
+@pytest.fixture(scope="module")
+def harness(ros_env):
+    node = NodeProcess(
+        parameters={"camera_mount_xyz": list(MOUNT.xyz), "camera_mount_rpy": list(MOUNT.rpy),
+                    "ground_height": 2.0, "stamp_tolerance": 0.05, "pose_wait": 0.3,
+                    "warn_period": 60.0, "bearing_classes": ["obstacle"], "ground_classes": ["person"]},
+        remappings={"__ns": NS, "pose": "/mavros/local_position/pose", "camera_info": "camera/camera_info"},
+        env=ros_env, module="evit_perception.geolocation.geolocation_node", node_name="evit_geolocation")
+    node.start()
+    peer = RosPeer("evit_geolocation_test_peer")
+    h = Harness(peer, node)
+    try:
+        assert node.wait_for_output("geolocation ready", 60.0), node.output()
+        for pub in (h.pub_info, h.pub_pose, h.pub_det):
+            assert peer.wait_for_subscribers(pub, 60.0), "node did not subscribe:\n" + node.output()
+        assert peer.wait_for_publishers(NS + "/geolocation/detections", 30.0)
+        peer.spin_for(0.5)
+        yield h
+    finally:
+        peer.close()
+        node.stop()
+
+
+def test_zero_intrinsics_give_no_output_and_one_warning(harness):
+    h = harness
+    h.publish(camera_info(k=[0.0] * 9), pose_msg(100.0, (0, 0, 40), (0, 0, 0)))
+    for i in range(3):
+        h.publish(detections_msg(100.0, [(300, 200, 320, 260)], ["person"], [0.9]))
+    h.peer.spin_for(1.5)
+    assert not h.located_at(100.0)
+    assert h.node.alive() and h.node.count("[bad_camera_info]") == 1, h.node.output()
+    assert "fx=0" in h.node.output()
+
+
+def test_geolocates_persons_and_bearings_with_out_of_order_poses(harness):
+    h = harness
+    true_xyz, true_rpy = (20.0, -10.0, 42.0), (0.03, -0.05, 0.6)
+    heading = rpy_to_matrix(0.0, 0.0, true_rpy[2])
+    # (ahead, left) of the drone on ground 40 m below; the camera looks 63 deg down
+    grounds = [tuple(np.array(true_xyz) + heading @ (ahead, left, 0.0) - (0.0, 0.0, 40.0))
+               for ahead, left in ((20.0, 3.0), (28.0, -5.0))]
+    azimuth, elevation = 0.15, -1.0
+    obstacle_dirs = [(math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth),
+                      math.sin(elevation))]
+    persons, obstacles = scene(true_xyz, true_rpy, grounds, obstacle_dirs)
+    # Poses 40 ms either side of the frame, moving linearly and turning about z, published
+    # newest first: the node must sort and interpolate them back to the true pose.
+    before = pose_msg(199.96, (true_xyz[0] - 0.4, true_xyz[1], true_xyz[2] - 0.2), (0.03, -0.05, 0.55))
+    after = pose_msg(200.04, (true_xyz[0] + 0.4, true_xyz[1], true_xyz[2] + 0.2), (0.03, -0.05, 0.65))
+    h.publish(camera_info(), pose_msg(50.0, (0, 0, 0), (0, 0, 0)), after, before)
+    boxes = persons + obstacles + [(10, 10, 40, 40)]
+    h.publish(detections_msg(200.0, boxes, ["person", "person", "obstacle", "vehicle"], [0.9, 0.8, 0.7, 0.6]))
+    located = h.wait_located(200.0)
+    assert located, "no Detection3DArray for t=200:\n" + h.node.output()
+    out = located[0]
+    assert out.header.frame_id == "map" and len(out.detections) == 2
+    for det, expected, score in zip(out.detections, grounds, (0.9, 0.8)):
+        hyp = det.results[0]
+        assert hyp.hypothesis.class_id == "person" and hyp.hypothesis.score == pytest.approx(score)
+        p = hyp.pose.pose.position
+        assert np.linalg.norm(np.array([p.x, p.y, p.z]) - expected) < GROUND_TOLERANCE_M
+        assert hyp.pose.covariance[0] > 0.0 and hyp.pose.covariance[7] > 0.0
+    h.peer.spin_until(lambda: any(stamp_to_ns(m.header.stamp) == stamp_to_ns(stamp(200.0)) for m in h.poses), 5.0)
+    pose_array = [m for m in h.poses if stamp_to_ns(m.header.stamp) == stamp_to_ns(stamp(200.0))][0]
+    assert [round(q.position.x, 2) for q in pose_array.poses] == [round(g[0], 2) for g in grounds]
+    bearings = [m for m in h.bearings if stamp_to_ns(m.header.stamp) == stamp_to_ns(stamp(200.0))]
+    assert bearings and bearings[0].header.frame_id == "base_link" and len(bearings[0].detections) == 1
+    b = bearings[0].detections[0]
+    d = b.results[0].pose.pose.position
+    assert b.results[0].hypothesis.class_id == "obstacle"
+    assert math.atan2(d.y, d.x) == pytest.approx(azimuth, abs=BEARING_TOLERANCE_RAD)  # left
+    assert math.asin(d.z) == pytest.approx(elevation, abs=BEARING_TOLERANCE_RAD)  # below
+    assert b.bbox.size.y > 0.0 and b.bbox.size.z > b.bbox.size.y  # taller than wide (angles)
+
+
+def test_no_pose_within_tolerance_then_recovers(harness):
+    h = harness
+    h.publish(camera_info(), pose_msg(299.0, (0, 0, 40), (0, 0, 0)))
+    for _ in range(4):  # pose one second older than the frames: far outside 50 ms
+        h.publish(detections_msg(300.0, [(300, 300, 320, 380)], ["person"], [0.9]))
+    h.peer.spin_for(1.5)
+    assert not h.located_at(300.0)
+    assert h.node.alive() and h.node.count("[no_pose_in_tolerance]") == 1, h.node.output()
+    assert "nearest pose is -1.000 s away" in h.node.output()
+    # Detections first, their pose 100 ms later (within pose_wait): located once it arrives.
+    h.publish(detections_msg(310.0, [(300, 300, 320, 380)], ["person"], [0.9]))
+    h.peer.spin_for(0.1)
+    h.publish(pose_msg(310.0, (0, 0, 40), (0, 0, 0)))
+    assert h.wait_located(310.0), h.node.output()
+
+
+def test_ray_above_horizon_gives_no_output_then_recovers(harness):
+    h = harness
+    nose_up = (0.0, -1.35, 0.0)  # 77 deg nose up: the camera's image top looks above the horizon
+    h.publish(camera_info(), pose_msg(400.0, (0, 0, 30), nose_up))
+    h.publish(detections_msg(400.0, [(310, 5, 330, 20)], ["person"], [0.9]))
+    h.peer.spin_for(1.5)
+    assert not h.located_at(400.0)
+    assert h.node.alive() and h.node.count("[ray_above_horizon]") == 1, h.node.output()
+    h.publish(pose_msg(410.0, (0, 0, 30), (0, 0, 0)))
+    h.publish(detections_msg(410.0, [(310, 200, 330, 260)], ["person"], [0.9]))
+    assert h.wait_located(410.0), h.node.output()
+
+
+def test_throttled_warnings_once_per_cause_per_period():
+    lines, now = [], [0.0]
+    warnings = ThrottledWarnings(lines.append, period_s=5.0, clock=lambda: now[0])
+    assert warnings.warn("no_pose", "a") and not warnings.warn("no_pose", "b")
+    assert warnings.warn("above_horizon", "c")
+    now[0] = 6.0
+    assert warnings.warn("no_pose", "d")
+    assert lines == ["[no_pose] a", "[above_horizon] c", "[no_pose] d (1 more since the last warning)"]
+    assert warnings.totals == {"no_pose": 3, "above_horizon": 1}
