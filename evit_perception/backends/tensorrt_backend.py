@@ -200,7 +200,11 @@ class TensorRTBackend(InferenceBackend):
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
             with open(self.model_path, "rb") as f:
-                engine = self._runtime.deserialize_cuda_engine(f.read())
+                data = f.read()
+            try:  # most versions log and return None for bad bytes; some raise
+                engine = self._runtime.deserialize_cuda_engine(data)
+            except Exception:
+                engine = None
             if engine is None:
                 raise BackendError(
                     f"{self.model_path}: TensorRT {trt.__version__} cannot deserialize this "

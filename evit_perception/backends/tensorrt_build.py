@@ -118,7 +118,7 @@ def _build_plan(trt: Any, onnx_path: str, contract: ModelContract, fp16: bool, i
     else:  # 8.2
         config.max_workspace_size = int(workspace_mb) << 20
     if fp16:
-        if not builder.platform_has_fast_fp16:
+        if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated in 10.x
             _log.warning("this GPU has no fast FP16; the engine will run mostly in FP32")
         config.set_flag(trt.BuilderFlag.FP16)
     calibrator = None

@@ -1,0 +1,158 @@
+"""TensorRT backend: pure-Python pieces everywhere, engine build and inference where CUDA exists.
+
+The GPU tests skip with the reason (no tensorrt/pycuda package, no CUDA device) on machines
+like the development container; run them on a Jetson or a CUDA workstation.
+"""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+from support.reference_model import (colour_square, write_model_without_metadata,
+                                     write_reference_model)
+
+from evit_perception.backends import BackendContractError, BackendError, open_backend
+from evit_perception.backends.tensorrt_backend import (cached_engine_is_fresh, engine_cache_path,
+                                                       engine_info, parse_version,
+                                                       read_sidecar_contract,
+                                                       sanitize_device_name,
+                                                       tensorrt_unavailable_reason,
+                                                       uses_tensor_api)
+from evit_perception.backends.tensorrt_build import (build_engine, read_onnx_contract,
+                                                     write_sidecar)
+from evit_perception.model_contract import sidecar_path
+
+UNAVAILABLE = tensorrt_unavailable_reason()
+needs_gpu = pytest.mark.skipif(UNAVAILABLE is not None,
+                               reason=f"TensorRT tests need tensorrt, pycuda and a CUDA device: {UNAVAILABLE}")
+
+
+@pytest.mark.parametrize("version,tensor_api", [
+    ("8.2.1.8", False),   # JetPack 4.6 (Jetson Nano): bindings + execute_async_v2
+    ("8.4.3.1", False),
+    ("8.5.2.2", True),    # JetPack 5.1: tensor names + execute_async_v3
+    ("8.6.1.post1", True),
+    ("10.3.0", True),     # JetPack 6: bindings API removed
+    ("10.0.0b6", True),
+])
+def test_api_dispatch_by_version(version, tensor_api):
+    assert uses_tensor_api(version) is tensor_api
+
+
+def test_parse_version():
+    assert parse_version("8.6.1.post1") == (8, 6, 1)
+    with pytest.raises(ValueError, match="not a TensorRT version"):
+        parse_version("unknown")
+
+
+def test_engine_cache_path_is_keyed_by_version_gpu_and_precision():
+    path = engine_cache_path("/models/det.onnx", trt_version="8.2.1.8",
+                             gpu_name="NVIDIA Tegra X1 (nvgpu)/integrated")
+    assert path == "/models/det.8.2.1.8.nvidia_tegra_x1_nvgpu_integrated.fp16.engine"
+    assert engine_cache_path("m.ONNX", "10.3.0", "Orin", "int8") == "m.10.3.0.orin.int8.engine"
+    assert sanitize_device_name("  ") == "gpu"
+
+
+def test_onnx_contract_is_read_for_the_sidecar(tmp_path):
+    onnx_path = write_reference_model(str(tmp_path / "det.onnx"))
+    assert read_onnx_contract(onnx_path).class_names == ("person", "vehicle", "obstacle")
+    bare = write_model_without_metadata(str(tmp_path / "bare.onnx"))
+    with pytest.raises(BackendContractError, match="no 'evit.model' metadata"):
+        read_onnx_contract(bare)
+    with pytest.raises(BackendError, match="not found"):
+        read_onnx_contract(str(tmp_path / "missing.onnx"))
+
+
+def test_cached_engine_freshness_follows_the_onnx_bytes(tmp_path):
+    onnx_path = write_reference_model(str(tmp_path / "det.onnx"))
+    engine = engine_cache_path(onnx_path, "10.3.0", "Orin")
+    assert not cached_engine_is_fresh(engine, onnx_path)  # nothing cached yet
+    with open(engine, "wb") as f:
+        f.write(b"engine bytes")
+    assert not cached_engine_is_fresh(engine, onnx_path)  # no sidecar
+    contract = read_onnx_contract(onnx_path)
+    extra = {"engine": engine_info(onnx_path, "10.3.0", "Orin", "fp16")}
+    write_sidecar(engine, dataclasses.replace(contract, extra=extra))
+    assert cached_engine_is_fresh(engine, onnx_path)
+    assert read_sidecar_contract(engine).extra["engine"]["gpu"] == "Orin"
+    write_reference_model(onnx_path, input_size=(256, 256))  # the model was replaced
+    assert not cached_engine_is_fresh(engine, onnx_path)
+
+
+def test_engine_without_sidecar_or_with_bad_sidecar(tmp_path):
+    engine = str(tmp_path / "det.engine")
+    with pytest.raises(BackendContractError, match=r"no contract sidecar .*det.engine.json"):
+        read_sidecar_contract(engine)
+    with open(sidecar_path(engine), "w") as f:
+        f.write('{"format": "evit-detector", "format_version": 2}')
+    with pytest.raises(BackendContractError, match="format_version 2 is not supported"):
+        read_sidecar_contract(engine)
+
+
+@pytest.mark.skipif(UNAVAILABLE is None, reason="TensorRT is usable here")
+def test_without_tensorrt_the_errors_say_why(tmp_path):
+    onnx_path = write_reference_model(str(tmp_path / "det.onnx"))
+    with pytest.raises(BackendError, match="TensorRT backend unavailable.*" + UNAVAILABLE.split("(")[0]):
+        open_backend(onnx_path, backend="tensorrt")
+    with pytest.raises(BackendError, match="cannot build a TensorRT engine"):
+        build_engine(onnx_path, str(tmp_path / "det.engine"))
+
+
+# -- on a CUDA device ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    return write_reference_model(str(tmp_path_factory.mktemp("trt") / "det.onnx"))
+
+
+@needs_gpu
+def test_onnx_builds_a_cached_fp16_engine_that_matches_onnxruntime(onnx_model):
+    import tensorrt as trt
+
+    from evit_perception.backends.tensorrt_backend import current_gpu_name
+
+    backend = open_backend(onnx_model, backend="tensorrt")
+    expected = engine_cache_path(onnx_model, trt.__version__, current_gpu_name(), "fp16")
+    assert backend.model_path == expected and os.path.isfile(sidecar_path(expected))
+    reference = open_backend(onnx_model, backend="onnxruntime",
+                             providers=["CPUExecutionProvider"])
+    tensor = np.random.default_rng(0).uniform(0, 1, (1, 3, 320, 320)).astype(np.float32)
+    np.testing.assert_allclose(backend.infer(tensor), reference.infer(tensor), atol=2e-2)
+    built_at = os.path.getmtime(expected)
+    backend.close()
+    again = open_backend(onnx_model, backend="tensorrt")  # served from the cache
+    assert os.path.getmtime(expected) == built_at
+    again.close()
+
+
+@needs_gpu
+def test_detector_on_tensorrt_finds_the_red_square(onnx_model):
+    from evit_perception.detector import Detector
+
+    backend = open_backend(onnx_model, backend="tensorrt")
+    det = Detector(backend).detect(colour_square(480, 640, (128, 48, 192, 112)))
+    np.testing.assert_allclose(det.boxes, [[128, 48, 192, 112]], atol=0.5)
+    backend.close()
+
+
+@needs_gpu
+def test_corrupt_engine_is_refused(onnx_model, tmp_path):
+    engine = str(tmp_path / "bad.engine")
+    with open(engine, "wb") as f:
+        f.write(b"\x00" * 1024)
+    write_sidecar(engine, read_onnx_contract(onnx_model))
+    with pytest.raises(BackendError, match="cannot deserialize this engine"):
+        open_backend(engine)
+
+
+@needs_gpu
+def test_int8_engine_with_calibration_batches(onnx_model, tmp_path):
+    engine = str(tmp_path / "det.int8.engine")
+    batches = (np.random.default_rng(i).uniform(0, 1, (1, 3, 320, 320)).astype(np.float32)
+               for i in range(4))
+    build_engine(onnx_model, engine, fp16=True, int8=True, calibration_batches=batches,
+                 timing_cache_path=str(tmp_path / "timing.cache"))
+    assert os.path.isfile(engine + ".calib") and os.path.isfile(str(tmp_path / "timing.cache"))
+    backend = open_backend(engine)
+    assert backend.contract.extra["engine"]["precision"] == "int8"
+    backend.close()
