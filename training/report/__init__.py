@@ -1,0 +1,1 @@
+"""Per-stage metrics (params, MACs, size, latency, mAP) and the compression report files."""
