@@ -6,6 +6,7 @@ checks the outputs against the synthetic geometry (1 cm on the ground at 40 m al
 oblique, distorted camera; 1e-4 rad for bearings). Bad inputs must produce no output, one
 throttled warning per cause, and leave the node answering the next good message.
 """
+import ast
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ from evit_perception.geolocation.camera_model import CameraModel  # noqa: E402
 from evit_perception.geolocation.frames import CameraMount, RigidTransform, rpy_to_matrix  # noqa: E402
 from evit_perception.geolocation.stamp_matching import stamp_to_ns  # noqa: E402
 from evit_perception.geolocation.warning_throttle import ThrottledWarnings  # noqa: E402
-from support.ros_processes import NodeProcess, RosPeer  # noqa: E402
+from support.ros_processes import REPO_ROOT, NodeProcess, RosPeer  # noqa: E402
 
 NS = "/uav1"
 K = [800.0, 0.0, 320.0, 0.0, 810.0, 240.0, 0.0, 0.0, 1.0]
@@ -83,6 +84,15 @@ def scene(base_xyz, base_rpy, ground_points, obstacle_dirs_body):
     return person_boxes, obstacle_boxes
 
 
+class GeolocationProcess(NodeProcess):
+    """The node with the shipped config/geolocation.yaml loaded first (``-p`` values win)."""
+
+    def command(self):
+        cmd = super().command()
+        at = cmd.index("--ros-args") + 1
+        return cmd[:at] + ["--params-file", str(REPO_ROOT / "config" / "geolocation.yaml")] + cmd[at:]
+
+
 class Harness:
     def __init__(self, peer: RosPeer, node: NodeProcess) -> None:
         self.peer, self.node = peer, node
@@ -111,7 +121,7 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def harness(ros_env):
-    node = NodeProcess(
+    node = GeolocationProcess(
         parameters={"camera_mount_xyz": list(MOUNT.xyz), "camera_mount_rpy": list(MOUNT.rpy),
                     "ground_height": 2.0, "stamp_tolerance": 0.05, "pose_wait": 0.3,
                     "warn_period": 60.0, "bearing_classes": ["obstacle"], "ground_classes": ["person"]},
@@ -222,3 +232,21 @@ def test_throttled_warnings_once_per_cause_per_period():
     assert warnings.warn("no_pose", "d")
     assert lines == ["[no_pose] a", "[above_horizon] c", "[no_pose] d (1 more since the last warning)"]
     assert warnings.totals == {"no_pose": 3, "above_horizon": 1}
+
+
+def test_launch_file_declares_mavros_defaults_and_remaps_every_input():
+    """Parsed, not run: ``launch``/``launch_ros`` are not on PyPI (a real install runs it)."""
+    tree = ast.parse((REPO_ROOT / "launch" / "geolocation.launch.py").read_text())
+    arguments = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ARGUMENTS":
+            for item in node.value.elts:
+                arguments[item.elts[0].value] = item.elts[1]
+    assert arguments["pose_topic"].value == "/mavros/local_position/pose"
+    assert {"namespace", "params_file", "detections_topic", "camera_info_topic", "altitude_topic",
+            "use_sim_time"} <= set(arguments)
+    remapped = {n.elts[0].value for n in ast.walk(tree)
+                if isinstance(n, ast.Tuple) and len(n.elts) == 2 and isinstance(n.elts[1], ast.Call)}
+    assert remapped == {"detections", "camera_info", "pose", "altitude_agl"}
+    source = (REPO_ROOT / "launch" / "geolocation.launch.py").read_text()
+    assert 'executable="evit_geolocation"' in source
