@@ -182,7 +182,9 @@ class DetectorNode(Node):
         if self._input_type == "compressed":
             msg_type: Any = CompressedImage
             if not topic.endswith("/compressed"):
-                topic = topic.rstrip("/") + "/compressed"
+                # image_transport naming: remap the base topic, then add the transport name
+                resolve = getattr(self, "resolve_topic_name", None)  # rclpy >= Iron
+                topic = (resolve(topic) if resolve else topic).rstrip("/") + "/compressed"
         else:
             msg_type = Image
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
@@ -201,6 +203,9 @@ class DetectorNode(Node):
             self.get_logger().info(f"frames are arriving on {self._image_topic} again")
 
     def _on_incompatible_qos(self, event: Any) -> None:
+        if self._reliability_mode == "auto":
+            self._check_graph()  # auto resubscribes to match; nothing to report
+            return
         try:
             from rclpy.qos import qos_policy_name_from_kind
             policy = qos_policy_name_from_kind(event.last_policy_kind)

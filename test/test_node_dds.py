@@ -1,0 +1,162 @@
+"""evit_detector as its own process, answering frames over real DDS.
+
+Image in and CompressedImage in, Detection2DArray out: the header comes back unchanged and
+the detections equal what the same backend returns for that frame in this process. Large
+best-effort frames from a camera process carrying the shipped Fast DDS profile are answered
+one by one, with the node in its default ``auto`` QoS mode.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from evit_perception.backends import open_backend
+from evit_perception.detection_messages import from_detection2d_array
+from evit_perception.detector import Detector
+from evit_perception.image_conversion import compressed_to_bgr
+from support.reference_model import write_reference_model
+from support.ros_processes import (NodeProcess, RosPeer, camera_process, frame_header, image_message,
+                           stamp_key, synthetic_frame)
+
+pytestmark = pytest.mark.timeout(300)
+
+SCORE, IOU, MAX_DET = 0.3, 0.5, 50
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    return write_reference_model(str(tmp_path_factory.mktemp("models") / "reference.onnx"))
+
+
+@pytest.fixture(scope="module")
+def local_detector(model_path):
+    detector = Detector(open_backend(model_path, "onnxruntime", intra_op_num_threads=1),
+                        SCORE, IOU, MAX_DET)
+    yield detector
+    detector.backend.close()
+
+
+@pytest.fixture(scope="module")
+def peer():
+    p = RosPeer("evit_dds_test_peer")
+    yield p
+    p.close()
+
+
+def _node_params(model_path: str, **extra) -> dict:
+    params = {"model_path": model_path, "score_threshold": SCORE, "iou_threshold": IOU,
+              "max_detections": MAX_DET, "inference_threads": 1}
+    params.update(extra)
+    return params
+
+
+@pytest.fixture(scope="module")
+def raw_node(model_path, ros_env):
+    node = NodeProcess(_node_params(model_path),
+                       {"image_raw": "/dds/cam/image_raw", "detections": "/dds/detections"},
+                       env=ros_env).start()
+    yield node
+    code = node.stop()
+    assert code == 0, f"node exited with {code}:\n{node.output()}"
+
+
+def _collect(peer: RosPeer, topic: str) -> dict:
+    from vision_msgs.msg import Detection2DArray
+    received: dict = {}
+    peer.node.create_subscription(
+        Detection2DArray, topic, lambda m: received.setdefault(stamp_key(m.header.stamp), m), 10)
+    return received
+
+
+def _assert_same_detections(msg, expected, class_names) -> None:
+    got = from_detection2d_array(msg, class_names)
+    assert len(expected) > 0, "test frame should produce detections"
+    assert len(got) == len(expected)
+    np.testing.assert_array_equal(got.class_ids, expected.class_ids)
+    np.testing.assert_allclose(got.scores, expected.scores, atol=1e-6)
+    np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-3)
+
+
+def test_reliable_camera_frames_come_back_with_header_and_backend_detections(
+        raw_node, peer, local_detector):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    received = _collect(peer, "/dds/detections")
+    pub = peer.node.create_publisher(Image, "/dds/cam/image_raw",
+                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        assert peer.wait_for_subscribers(pub, 60), raw_node.output()
+        # auto mode sees a reliable camera and resubscribes reliably
+        assert raw_node.wait_for_output("subscribing reliable", 30), raw_node.output()
+        assert peer.wait_for_subscribers(pub, 30)
+        for i in range(4):
+            frame = synthetic_frame(i, 640, 480)
+            header = frame_header(i)
+            pub.publish(image_message(frame, header, "bgr8" if i % 2 == 0 else "rgb8"))
+            key = stamp_key(header.stamp)
+            assert peer.spin_until(lambda: key in received, 30), \
+                f"no detections for frame {i}\n{raw_node.output()}"
+            msg = received[key]
+            assert msg.header.frame_id == header.frame_id
+            assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == key
+            for det in msg.detections:
+                assert det.header.frame_id == header.frame_id
+            _assert_same_detections(msg, local_detector.detect(frame), local_detector.class_names)
+    finally:
+        peer.node.destroy_publisher(pub)
+
+
+def test_best_effort_1080p_camera_with_profile_is_answered_frame_by_frame(raw_node, peer, ros_env):
+    received = _collect(peer, "/dds/detections")
+    count = 6
+    camera = camera_process(["--topic", "/dds/cam/image_raw", "--width", "1920", "--height", "1080",
+                             "--count", str(count), "--rate", "2", "--reliability", "best_effort",
+                             "--settle", "2.0"], ros_env, profile=True)
+    try:
+        out, _ = camera.communicate(timeout=180)
+    finally:
+        if camera.poll() is None:
+            camera.kill()
+    assert f"sent frame {count - 1}" in out, out
+    wanted = {stamp_key(frame_header(i).stamp) for i in range(count)}
+    peer.spin_until(lambda: wanted <= set(received), 30)
+    missing = sorted(wanted - set(received))
+    assert not missing, f"no detections for stamps {missing}\ncamera:\n{out}\nnode:\n{raw_node.output()}"
+    # the node followed the best-effort camera (auto mode)
+    assert "subscribing best_effort" in raw_node.output()
+    assert "QoS mismatch" not in raw_node.output()
+    for key in wanted:
+        assert received[key].detections, "every synthetic frame has an object"
+
+
+def test_compressed_frames_are_answered(model_path, peer, local_detector, ros_env):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CompressedImage
+
+    received = _collect(peer, "/cmp/detections")
+    node = NodeProcess(_node_params(model_path, input_type="compressed"),
+                       {"image_raw": "/cmp/cam/image_raw", "detections": "/cmp/detections"},
+                       env=ros_env).start()
+    pub = peer.node.create_publisher(CompressedImage, "/cmp/cam/image_raw/compressed",
+                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        assert peer.wait_for_subscribers(pub, 60), node.output()
+        assert node.wait_for_output("subscribing reliable", 30), node.output()
+        assert peer.wait_for_subscribers(pub, 30)
+        for i in range(3):
+            ok, jpeg = cv2.imencode(".jpg", synthetic_frame(i, 640, 480), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            assert ok
+            msg = CompressedImage(header=frame_header(i), format="jpeg")
+            msg.data = jpeg.tobytes()
+            pub.publish(msg)
+            key = stamp_key(msg.header.stamp)
+            assert peer.spin_until(lambda: key in received, 30), node.output()
+            assert received[key].header.frame_id == msg.header.frame_id
+            expected = local_detector.detect(compressed_to_bgr(msg))
+            _assert_same_detections(received[key], expected, local_detector.class_names)
+    finally:
+        peer.node.destroy_publisher(pub)
+        code = node.stop()
+    assert code == 0, node.output()
