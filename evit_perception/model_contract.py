@@ -108,6 +108,9 @@ class ModelContract:
                 f"{source}: contract format_version {version!r} is not supported "
                 f"(this node reads version {FORMAT_VERSION})")
         _reject_unknown(doc, cls, source, "")
+        names = doc.get("class_names", ())
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ModelContractError(f"{source}: class_names must be a list of strings, got {names!r}")
         try:
             inp = dict(doc.get("input", {}))
             _reject_unknown(inp, InputSpec, source, "input.")
@@ -134,6 +137,15 @@ class ModelContract:
         """Raise :class:`ModelContractError` if a value cannot work."""
         i, o = self.input, self.output
         problems: List[str] = []
+        wrong_types = [f"input.{key} {getattr(i, key)!r} is not {kind}"
+                       for key, kind in (("height", "an integer"), ("width", "an integer"),
+                                         ("pad_value", "an integer"), ("scale", "a number"))
+                       if isinstance(getattr(i, key), bool) or not isinstance(
+                           getattr(i, key), (int, float) if key == "scale" else int)]
+        wrong_types += [f"output.{key} {getattr(o, key)!r} is not true/false"
+                        for key in ("transposed", "needs_nms") if not isinstance(getattr(o, key), bool)]
+        if wrong_types:  # checked first: the comparisons below need numbers
+            raise ModelContractError(f"{source}: invalid model contract: " + "; ".join(wrong_types))
         if not self.class_names:
             problems.append("class_names is empty")
         if len(set(self.class_names)) != len(self.class_names):

@@ -84,6 +84,24 @@ def test_broken_contracts_are_refused(tmp_path, change, message):
         open_ort(path)
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("height", "320", "input.height '320' is not an integer"),
+    ("scale", "1/255", "input.scale '1/255' is not a number"),
+])
+def test_contract_values_of_the_wrong_type(tmp_path, key, value, message):
+    doc = json.loads(reference_contract().to_json())
+    doc["input"][key] = value
+    path = write_model_with_metadata(str(tmp_path / "typed.onnx"), {METADATA_KEY: json.dumps(doc)})
+    with pytest.raises(BackendContractError, match=message):
+        open_ort(path)
+
+
+def test_class_names_must_be_a_list(tmp_path):
+    path = write_model_with_broken_contract(str(tmp_path / "names.onnx"), {"class_names": "person"})
+    with pytest.raises(BackendContractError, match="class_names must be a list of strings"):
+        open_ort(path)
+
+
 def test_contract_that_is_not_json(tmp_path):
     path = write_model_with_metadata(str(tmp_path / "text.onnx"), {METADATA_KEY: "person,vehicle"})
     with pytest.raises(BackendContractError, match="not valid JSON"):
