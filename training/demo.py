@@ -176,18 +176,22 @@ def _evaluate(out_dir: Path, bag: str, model: str, rate: float):
 
 
 # -- report ------------------------------------------------------------------------------
-_STAGE_COLUMNS = ("params", "params_m", "size_mb", "macs_g", "gmacs", "map50", "map50_95",
-                  "latency_ms", "latency_ms_p50", "speedup")
+#: Columns of training/report's stage rows worth a glance, in this order.
+_STAGE_COLUMNS = ("input_size", "params", "macs", "size_mb", "latency_ms", "map50", "map50_95")
 
 
 def _compression_columns(rows: List[Dict[str, Any]]) -> List[str]:
-    return [c for c in _STAGE_COLUMNS if any(isinstance(r.get(c), (int, float)) for r in rows)]
+    return [c for c in _STAGE_COLUMNS if any(r.get(c) is not None for r in rows)]
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,d}"
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
-    return "-" if value is None else str(value)
+    return str(value)
 
 
 def _print_report(report: Dict[str, Any]) -> None:
