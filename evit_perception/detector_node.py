@@ -203,29 +203,29 @@ class DetectorNode(Node):
             self.get_logger().info(f"frames are arriving on {self._image_topic} again")
 
     def _on_incompatible_qos(self, event: Any) -> None:
-        if self._reliability_mode == "auto":
-            self._check_graph()  # auto resubscribes to match; nothing to report
-            return
-        try:
-            from rclpy.qos import qos_policy_name_from_kind
-            policy = qos_policy_name_from_kind(event.last_policy_kind)
-        except (ImportError, ValueError):
-            policy = str(getattr(event, "last_policy_kind", "unknown"))
-        self._report_incompatible(f"incompatible {policy} policy")
+        # The event says a mismatch happened; the graph says with whom. auto resubscribes,
+        # explicit modes report it (once per distinct pair of policies).
+        self._check_graph()
 
-    def _report_incompatible(self, detail: str) -> None:
+    def _report_incompatible(self, infos: Sequence[Any]) -> None:
         """Name both sides' policies, once per distinct mismatch."""
         ours = self._subscription_qos
-        theirs = [info for info in self.get_publishers_info_by_topic(self._image_topic)
-                  if incompatibility_reason(info.qos_profile, ours) is not None]
-        sides = "; ".join(f"publisher {info.node_namespace.rstrip('/')}/{info.node_name} offers "
-                          f"{describe_qos(info.qos_profile)} "
-                          f"({incompatibility_reason(info.qos_profile, ours)})" for info in theirs)
-        text = (f"QoS mismatch on {self._image_topic}: {sides or 'a publisher'} but this "
-                f"subscription requests {describe_qos(ours)} ({detail}); no frames will arrive "
+        sides = []
+        for info in infos:
+            reason = incompatibility_reason(info.qos_profile, ours)
+            if reason is None:
+                continue
+            who = (f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+                   if "UNKNOWN" not in info.node_name else "a publisher")
+            sides.append((describe_qos(info.qos_profile), who, reason))
+        if not sides:
+            return
+        text = (f"QoS mismatch on {self._image_topic}: "
+                + "; ".join(f"{who} offers {qos} ({reason})" for qos, who, reason in sides)
+                + f", but this subscription requests {describe_qos(ours)}; no frames will arrive "
                 "from it. Set qos_reliability to 'auto' or 'best_effort'.")
         self._health.set_qos_problem(text)
-        key = sides or detail
+        key = "|".join(sorted(qos for qos, _, _ in sides)) + "->" + describe_qos(ours)
         if key not in self._reported_qos:
             self._reported_qos.add(key)
             self.get_logger().error(text)
@@ -246,7 +246,7 @@ class DetectorNode(Node):
                     f"{', '.join(sorted(set(describe_qos(p) for p in profiles)))}: "
                     f"subscribing {wanted}")
         if any(incompatibility_reason(p, self._subscription_qos) for p in profiles):
-            self._report_incompatible("found in the ROS graph")
+            self._report_incompatible(infos)
         else:
             self._health.set_qos_problem(None)
         self._health.set_subscription(describe_qos(self._subscription_qos), len(profiles))

@@ -82,17 +82,18 @@ def incompatibility_reason(publisher: QoSProfile, subscription: QoSProfile) -> O
         return _manual_incompatibility(publisher, subscription)
     compatibility, reason = qos_check_compatible(publisher, subscription)
     if compatibility == QoSCompatibility.ERROR:
-        return reason or "incompatible QoS"
+        # rclpy's text reads "ERROR: Best effort publisher and reliable subscription;"
+        return reason.replace("ERROR:", "").strip().rstrip(";").strip() or "incompatible QoS"
     return None
 
 
 def _manual_incompatibility(publisher: QoSProfile, subscription: QoSProfile) -> Optional[str]:
     if (subscription.reliability == ReliabilityPolicy.RELIABLE
             and publisher.reliability == ReliabilityPolicy.BEST_EFFORT):
-        return "publisher is best effort, subscription requires reliable"
+        return "Best effort publisher and reliable subscription"
     if (subscription.durability == DurabilityPolicy.TRANSIENT_LOCAL
             and publisher.durability == DurabilityPolicy.VOLATILE):
-        return "publisher is volatile, subscription requires transient local"
+        return "Volatile publisher and transient local subscription"
     return None
 
 
