@@ -28,6 +28,7 @@ from nav_msgs.msg import Odometry
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Range
 from std_msgs.msg import Float64, Header
 from vision_msgs.msg import (BoundingBox3D, Detection2DArray, Detection3D, Detection3DArray,
@@ -278,7 +279,7 @@ class GeolocationNode(Node):
     def _base_from_optical(self) -> RigidTransform:
         if self._tf_buffer is not None and self._camera_frame:
             try:
-                t = self._tf_buffer.lookup_transform(self._p["base_frame"], self._camera_frame, rclpy.time.Time())
+                t = self._tf_buffer.lookup_transform(self._p["base_frame"], self._camera_frame, Time())
                 tr, rot = t.transform.translation, t.transform.rotation
                 return RigidTransform.from_pose(_position(tr), _quaternion(rot))
             except Exception as exc:  # tf2 raises several unrelated exception types
