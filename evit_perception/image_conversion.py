@@ -5,8 +5,9 @@ Works on any object carrying the sensor_msgs/Image fields (``height``, ``width``
 (``format``, ``data``); ``data`` may be ``bytes``, ``array.array``, a list or a numpy array.
 
 Where cv_bridge is importable (a real ROS install) it unpacks the raw buffer
-(``passthrough``: step, padding and byte order); the colour conversion below runs in both
-cases, so both paths give identical pixels.
+(``passthrough``) for the layouts it handles correctly (row padding a whole number of pixels,
+native byte order); the colour conversion below runs in both cases, so both paths give
+identical pixels.
 
 16-bit encodings (``mono16``, ``rgb16``, ...) keep their top 8 bits: ``v8 = v16 >> 8``
 (floor of ``v16 / 256``), the same fixed mapping every frame, so the network never sees
@@ -14,6 +15,7 @@ brightness jump because a frame's histogram changed.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 import cv2
@@ -143,7 +145,11 @@ def _as_uint8(data: Any) -> np.ndarray:
 def _unpack(msg: Any, encoding: str, height: int, width: int, channels: int, depth: int,
             step: int) -> np.ndarray:
     """HxWxC array of the raw samples (uint8 or native-endian uint16), padding dropped."""
-    if _CvBridge is not None and not encoding.startswith("bayer") and channels != 2:
+    # cv_bridge's passthrough mis-slices rows whose padding is not a whole number of pixels
+    # and byte-swaps with an API NumPy 2 removed, so it only gets the layouts it gets right.
+    native_order = not (depth == 2 and bool(msg.is_bigendian) != (sys.byteorder == "big"))
+    if _CvBridge is not None and channels != 2 and not encoding.startswith("bayer") \
+            and step % (channels * depth) == 0 and native_order:
         pixels = _unpack_with_cv_bridge(msg)
         if pixels is not None:
             return pixels.reshape(height, width, channels)

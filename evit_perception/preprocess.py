@@ -89,7 +89,7 @@ class Preprocessor:
     The tensor has the contract's layout (NCHW/NHWC), channel order, dtype and
     normalisation (``(pixel * scale - mean) / std``; ``uint8`` inputs get raw pixels, the
     graph normalises). The letterbox canvas is reused between frames; each call returns a
-    fresh tensor.
+    fresh tensor, so callers may keep it.
     """
 
     def __init__(self, input_spec: InputSpec) -> None:
@@ -98,8 +98,9 @@ class Preprocessor:
         # (p * scale - mean) / std == p * gain - offset, one multiply and one subtract.
         self._gain = (np.float32(input_spec.scale) / std).astype(np.float32)
         self._offset = (np.asarray(input_spec.mean, dtype=np.float32) / std).astype(np.float32)
+        # Tensor channel c comes from BGR canvas channel _source[c].
+        self._source = (2, 1, 0) if input_spec.channel_order == "RGB" else (0, 1, 2)
         self._canvas: Optional[np.ndarray] = None
-        self._work = np.empty((input_spec.height, input_spec.width, 3), dtype=np.float32)
 
     def resize(self, bgr: np.ndarray) -> Tuple[np.ndarray, ImageTransform]:
         """Only the geometry: the resized/letterboxed uint8 BGR image and its transform."""
@@ -113,15 +114,28 @@ class Preprocessor:
     def __call__(self, bgr: np.ndarray) -> Tuple[np.ndarray, ImageTransform]:
         resized, transform = self.resize(bgr)
         spec = self.spec
-        pixels = resized[..., ::-1] if spec.channel_order == "RGB" else resized
-        if spec.dtype == "uint8":
-            hwc = pixels
+        if spec.layout == "NCHW":
+            # Plane by plane: contiguous 2-D passes are several times faster than one
+            # broadcast over an interleaved, channel-reversed HxWx3 view.
+            planes = cv2.split(resized)
+            if spec.dtype == "uint8":
+                tensor = np.stack([planes[s] for s in self._source])[None]
+            else:
+                tensor = np.empty((1, 3, spec.height, spec.width), np.float32)
+                for c, s in enumerate(self._source):
+                    np.multiply(planes[s], self._gain[c], out=tensor[0, c], casting="unsafe")
+                    np.subtract(tensor[0, c], self._offset[c], out=tensor[0, c])
         else:
-            hwc = np.multiply(pixels, self._gain, out=self._work, dtype=np.float32, casting="unsafe")
-            np.subtract(hwc, self._offset, out=hwc)
-        chw_or_hwc = hwc.transpose(2, 0, 1) if spec.layout == "NCHW" else hwc
-        # Always a copy: the canvas and work buffers are reused by the next frame.
-        tensor = np.array(chw_or_hwc, dtype=np.dtype(spec.dtype), order="C", copy=True)[None]
+            pixels = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB) if self._source[0] == 2 \
+                else np.array(resized, copy=True)  # the canvas is reused by the next frame
+            if spec.dtype == "uint8":
+                tensor = pixels[None]
+            else:
+                tensor = np.multiply(pixels, self._gain, dtype=np.float32)
+                np.subtract(tensor, self._offset, out=tensor)
+                tensor = tensor[None]
+        if spec.dtype == "float16":
+            tensor = tensor.astype(np.float16)
         return tensor, transform
 
 

@@ -103,3 +103,23 @@ def test_preprocessor_returns_independent_tensors_across_frames():
 def test_bad_images_raise_value_error(bad):
     with pytest.raises(ValueError, match="image"):
         Preprocessor(InputSpec(height=8, width=8))(bad)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "uint8"])
+def test_every_layout_order_and_dtype_matches_the_contract_formula(layout, order, dtype):
+    spec = InputSpec(height=12, width=16, layout=layout, channel_order=order, dtype=dtype,
+                     resize="stretch", scale=0.5, mean=(1.0, 2.0, 3.0), std=(2.0, 4.0, 8.0))
+    frame = np.random.default_rng(3).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    tensor, _ = Preprocessor(spec)(frame)
+    pixels = frame[..., ::-1] if order == "RGB" else frame
+    if dtype == "uint8":
+        expected = pixels.astype(np.float64)
+    else:
+        expected = (pixels * 0.5 - np.array([1.0, 2.0, 3.0])) / np.array([2.0, 4.0, 8.0])
+    if layout == "NCHW":
+        expected = expected.transpose(2, 0, 1)
+    assert tensor.dtype == np.dtype(dtype) and tensor.flags.c_contiguous
+    np.testing.assert_allclose(tensor[0].astype(np.float64), expected,
+                               rtol=1e-3 if dtype == "float16" else 1e-6, atol=1e-2 if dtype == "float16" else 1e-5)
