@@ -44,19 +44,33 @@ class ImageTransform:
         return out
 
 
+def letterbox_transform(source_height: int, source_width: int, height: int,
+                        width: int) -> ImageTransform:
+    """The transform :func:`letterbox` applies to a ``source_height x source_width`` image,
+    computed without the image (training maps dataset boxes with it)."""
+    ratio = min(height / source_height, width / source_width)
+    new_w = max(1, min(width, int(round(source_width * ratio))))
+    new_h = max(1, min(height, int(round(source_height * ratio))))
+    left, top = (width - new_w) // 2, (height - new_h) // 2
+    return ImageTransform(new_w / source_width, new_h / source_height, float(left), float(top),
+                          int(source_width), int(source_height))
+
+
 def letterbox(bgr: np.ndarray, height: int, width: int, pad_value: int = 114,
               out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, ImageTransform]:
     """Resize keeping the aspect ratio and centre the result on a ``height x width`` canvas.
 
-    The scale per axis is the exact ratio of the rounded resized size to the source size,
-    so :meth:`ImageTransform.to_source` lands on the source pixels the network saw. ``out``
-    (``height x width x C`` uint8) is reused as the canvas when given.
+    The content is ``round(w * r) x round(h * r)`` with ``r = min(height / h, width / w)``,
+    placed at ``((width - w') // 2, (height - h') // 2)``; the scale per axis is the exact
+    ratio of content to source size, so :meth:`ImageTransform.to_source` lands on the source
+    pixels the network saw. ``out`` (``height x width x 3`` uint8) is reused as the canvas
+    when given.
     """
     src_h, src_w = _check_image(bgr)
-    ratio = min(height / src_h, width / src_w)
-    new_w = max(1, min(width, int(round(src_w * ratio))))
-    new_h = max(1, min(height, int(round(src_h * ratio))))
-    left, top = (width - new_w) // 2, (height - new_h) // 2
+    transform = letterbox_transform(src_h, src_w, height, width)
+    new_w = int(round(src_w * transform.scale_x))
+    new_h = int(round(src_h * transform.scale_y))
+    left, top = int(transform.pad_x), int(transform.pad_y)
     shape = (height, width) + bgr.shape[2:]
     canvas = out if out is not None and out.shape == shape and out.dtype == bgr.dtype else None
     if canvas is None:
@@ -71,7 +85,6 @@ def letterbox(bgr: np.ndarray, height: int, width: int, pad_value: int = 114,
         region[...] = bgr
     else:
         region[...] = cv2.resize(bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    transform = ImageTransform(new_w / src_w, new_h / src_h, float(left), float(top), src_w, src_h)
     return canvas, transform
 
 

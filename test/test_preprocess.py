@@ -123,3 +123,15 @@ def test_every_layout_order_and_dtype_matches_the_contract_formula(layout, order
     assert tensor.dtype == np.dtype(dtype) and tensor.flags.c_contiguous
     np.testing.assert_allclose(tensor[0].astype(np.float64), expected,
                                rtol=1e-3 if dtype == "float16" else 1e-6, atol=1e-2 if dtype == "float16" else 1e-5)
+
+
+@pytest.mark.parametrize("h,w", [(480, 640), (37, 100), (1080, 1920), (333, 101), (1, 5000)])
+def test_letterbox_transform_without_the_image_equals_letterbox(h, w):
+    from evit_perception.preprocess import letterbox_transform
+
+    canvas, t = letterbox(np.zeros((h, w, 3), np.uint8), 320, 288)
+    assert letterbox_transform(h, w, 320, 288) == t
+    content = np.argwhere(canvas[:, :, 0] == 0)  # the resized image is black, padding 114
+    (y1, x1), (y2, x2) = content.min(axis=0), content.max(axis=0) + 1
+    assert (x1, y1) == (t.pad_x, t.pad_y)
+    assert (x2 - x1, y2 - y1) == (round(w * t.scale_x), round(h * t.scale_y))
