@@ -17,7 +17,9 @@ class Detector:
 
     ``classes`` is a list of class NAMES to keep (``None``: all); an unknown name raises
     :class:`~evit_perception.model_contract.ModelContractError` listing the model's classes.
-    Thresholds, ``max_detections`` and ``classes`` may be changed between frames.
+    Thresholds, ``max_detections`` and ``classes`` may be changed between frames. One
+    Detector serves one thread at a time (it reuses its letterbox canvas); the ROS node calls
+    it from its single worker thread.
     """
 
     def __init__(self, backend: InferenceBackend, score_threshold: float = 0.3,

@@ -132,8 +132,8 @@ def compressed_to_bgr(msg: Any) -> np.ndarray:
 
 def _as_uint8(data: Any) -> np.ndarray:
     """A flat uint8 view of a message's ``data`` without copying where possible."""
-    if isinstance(data, np.ndarray):
-        return data.reshape(-1).view(np.uint8) if data.dtype.itemsize == 1 else data.astype(np.uint8)
+    if isinstance(data, np.ndarray):  # rosbags messages; the bytes whatever the dtype
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     if isinstance(data, (bytes, bytearray, memoryview)):
         return np.frombuffer(data, dtype=np.uint8)
     try:  # array.array('B') and other buffer-protocol objects

@@ -121,6 +121,14 @@ def test_plain_objects_with_any_data_container(data_type):
     assert_bgr(image_to_bgr(Look()), SCENE_BGR)
 
 
+def test_numpy_data_of_another_dtype_is_read_as_its_bytes():
+    class Look:
+        height, width, encoding, is_bigendian, step = 1, 2, "mono16", 0, 4
+        data = np.array([0x1234, 0xFF00], dtype="<u2")
+
+    assert image_to_bgr(Look())[0, :, 0].tolist() == [0x12, 0xFF]
+
+
 def test_every_supported_encoding_converts_a_small_frame():
     for encoding in SUPPORTED_ENCODINGS:
         channels, depth, _ = image_conversion._RAW[encoding]

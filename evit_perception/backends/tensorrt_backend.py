@@ -223,6 +223,7 @@ class TensorRTBackend(InferenceBackend):
         except Exception:
             self._cuda_context.pop()
             self._cuda_context.detach()
+            self._cuda_context = None
             raise
         self._cuda_context.pop()
         by_name = {io.name: io for io in self._io}
