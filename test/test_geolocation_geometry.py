@@ -192,3 +192,12 @@ def test_covariance_grows_along_the_ray_and_range_agl():
     assert along > 2 * across and abs(cov[0, 1]) < 1e-9
     assert across == pytest.approx(math.hypot(30, 60) * 0.002)
     assert agl_from_range(20.0, rpy_to_matrix(math.radians(30.0), 0.0, 1.0)) == pytest.approx(20 * math.cos(math.radians(30)))
+
+
+def test_empty_inputs_give_empty_outputs():
+    camera = CAMERAS["plumb_bob"]
+    assert camera.project(np.zeros((0, 3))).shape == (0, 2)
+    assert camera.pixels_to_rays(np.zeros((0, 2))).shape == (0, 3)
+    hits = project_pixels_to_ground(camera, drone_pose().compose(CameraMount().base_to_optical()), np.zeros((0, 2)), 0.0)
+    assert hits.points.shape == (0, 3) and hits.reasons == []
+    assert box_bearings(camera, np.zeros((0, 4)), np.eye(3)).azimuth.shape == (0,)

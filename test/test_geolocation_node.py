@@ -15,13 +15,15 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 from builtin_interfaces.msg import Time  # noqa: E402
 from geometry_msgs.msg import PoseArray, PoseStamped  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Range  # noqa: E402
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Detection3DArray,  # noqa: E402
                              ObjectHypothesis, ObjectHypothesisWithPose)
 
 from evit_perception.geolocation.camera_model import CameraModel  # noqa: E402
-from evit_perception.geolocation.frames import CameraMount, RigidTransform, rpy_to_matrix  # noqa: E402
+from evit_perception.geolocation.frames import (CameraMount, RigidTransform, enu_flu_to_ned_frd_rotation,  # noqa: E402
+                                                enu_to_ned_position, matrix_to_quaternion, rpy_to_matrix)
 from evit_perception.geolocation.stamp_matching import stamp_to_ns  # noqa: E402
 from evit_perception.geolocation.warning_throttle import ThrottledWarnings  # noqa: E402
 from support.ros_processes import REPO_ROOT, NodeProcess, RosPeer  # noqa: E402
@@ -68,16 +70,16 @@ def detections_msg(sec, boxes, classes, scores) -> Detection2DArray:
     return msg
 
 
-def scene(base_xyz, base_rpy, ground_points, obstacle_dirs_body):
+def scene(base_xyz, base_rpy, ground_points, obstacle_dirs_body, mount=MOUNT):
     """Boxes whose bottom-centres image ``ground_points`` and whose centres lie along the body
     directions of obstacles, for the true drone pose; computed with the camera model directly."""
     camera = CameraModel(np.reshape(K, (3, 3)), D, "plumb_bob")
     world_from_optical = RigidTransform(rpy_to_matrix(*base_rpy), np.array(base_xyz, float)).compose(
-        MOUNT.base_to_optical())
+        mount.base_to_optical())
     feet = camera.project(world_from_optical.inverse().apply(np.asarray(ground_points, float)))
     person_boxes = [(u - 12.0, v - 50.0, u + 12.0, v) for u, v in feet]
-    optical_dirs = np.asarray(obstacle_dirs_body, float) @ MOUNT.base_to_optical().rotation
-    centres = camera.project(optical_dirs)
+    optical_dirs = np.asarray(obstacle_dirs_body, float).reshape(-1, 3) @ mount.base_to_optical().rotation
+    centres = camera.project(optical_dirs).reshape(-1, 2)
     obstacle_boxes = [(u - 20.0, v - 30.0, u + 20.0, v + 30.0) for u, v in centres]
     for u, v in np.vstack([feet, centres]):
         assert 0 < u < 640 and 0 < v < 480, "synthetic scene must stay inside the image"
@@ -250,3 +252,52 @@ def test_launch_file_declares_mavros_defaults_and_remaps_every_input():
     assert remapped == {"detections", "camera_info", "pose", "altitude_agl"}
     source = (REPO_ROOT / "launch" / "geolocation.launch.py").read_text()
     assert 'executable="evit_geolocation"' in source
+
+
+def test_px4_ned_odometry_and_rangefinder_ground(ros_env):
+    """Odometry in PX4's NED/FRD frames + a tilted downward rangefinder for the ground height:
+    the node converts to ENU and places the person on ground it has never been told about."""
+    base_xyz, base_rpy, ground_z = np.array([5.0, 8.0, 25.0]), (0.12, -0.08, 1.9), 3.0
+    rotation = rpy_to_matrix(*base_rpy)
+    slant = (base_xyz[2] - ground_z) / rotation[2, 2]  # what a body-fixed downward sensor reads
+    person = base_xyz + rotation @ (6.0, -4.0, 0.0)
+    person[2] = ground_z
+    nadir = CameraMount()
+    (box,), _ = scene(base_xyz, base_rpy, [person], np.zeros((0, 3)), mount=nadir)
+    node = GeolocationProcess(
+        parameters={"pose_type": "odometry", "pose_convention": "ned_frd", "ground_source": "range",
+                    "world_frame": "map", "camera_mount_xyz": list(nadir.xyz), "camera_mount_rpy": list(nadir.rpy)},
+        remappings={"pose": "/fmu/odom", "altitude_agl": "/fmu/range"}, env=ros_env,
+        module="evit_perception.geolocation.geolocation_node", node_name="evit_geolocation_px4")
+    node.start()
+    peer = RosPeer("evit_geolocation_px4_peer")
+    try:
+        reliable = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        pubs = [peer.node.create_publisher(t, name, reliable) for t, name in (
+            (CameraInfo, "/camera_info"), (Odometry, "/fmu/odom"), (Range, "/fmu/range"),
+            (Detection2DArray, "/detections"))]
+        received = []
+        peer.node.create_subscription(Detection3DArray, "/geolocation/detections", received.append, reliable)
+        for pub in pubs:
+            assert peer.wait_for_subscribers(pub, 60.0), node.output()
+        peer.spin_for(0.5)
+        odom = Odometry()
+        odom.header.stamp, odom.header.frame_id = stamp(500.0), "odom_ned"
+        ned = enu_to_ned_position(base_xyz)
+        odom.pose.pose.position.x, odom.pose.pose.position.y, odom.pose.pose.position.z = map(float, ned)
+        q = matrix_to_quaternion(enu_flu_to_ned_frd_rotation(rotation))
+        o = odom.pose.pose.orientation
+        o.x, o.y, o.z, o.w = map(float, q)
+        rng = Range(range=float(slant), min_range=0.2, max_range=100.0)
+        rng.header.stamp = stamp(500.0)
+        for pub, msg in zip(pubs, (camera_info(), odom, rng, detections_msg(500.0, [box], ["person"], [0.7]))):
+            pub.publish(msg)
+            peer.spin_for(0.05)
+        assert peer.spin_until(lambda: bool(received), 10.0), node.output()
+        out = received[0]
+        p = out.detections[0].results[0].pose.pose.position
+        assert out.header.frame_id == "map"
+        assert np.linalg.norm(np.array([p.x, p.y, p.z]) - person) < GROUND_TOLERANCE_M
+    finally:
+        peer.close()
+        node.stop()

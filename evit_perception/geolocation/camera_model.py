@@ -106,6 +106,8 @@ class CameraModel:
     def project(self, points_optical: np.ndarray) -> np.ndarray:
         """Pixels ``(N, 2)`` of points ``(N, 3)`` in the optical frame (must have z > 0)."""
         pts = np.asarray(points_optical, dtype=np.float64).reshape(-1, 1, 3)
+        if pts.shape[0] == 0:
+            return np.zeros((0, 2))
         zero = np.zeros(3)
         if self.distortion_model == EQUIDISTANT and self.d.size:
             uv, _ = cv2.fisheye.projectPoints(pts, zero, zero, self.k, self.d.reshape(1, 4))
