@@ -197,3 +197,15 @@ def test_default_providers_prefer_gpu_and_cache_trt_engines_beside_the_model():
     assert chosen[0][1]["trt_engine_cache_path"] == "/models"
     assert chosen[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert default_providers(["CPUExecutionProvider"], "m.onnx") == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("names", [("person", "vehicle"), ("a", "b", "c", "d", "e")])
+def test_reference_models_with_other_class_counts(tmp_path, names):
+    path = write_reference_model(str(tmp_path / "n.onnx"), input_size=(64, 64), class_names=names)
+    backend = open_ort(path)
+    tensor = np.zeros((1, 3, 64, 64), np.float32)
+    tensor[0, 1] = 1.0  # all green: class 1 everywhere
+    out = backend.infer(tensor)
+    assert out.shape == (1, 4, 4 + len(names))
+    np.testing.assert_allclose(out[0, :, 5], 1.0)
+    assert np.delete(out[0, :, 4:], 1, axis=1).max() == 0.0
