@@ -31,7 +31,8 @@ class RateMeter:
         self._trim(now)
         if len(self._times) < 2:
             return 0.0
-        span = max(now - self._times[0], 1e-9)
+        # intervals between the first and last event: unbiased by when we are asked
+        span = self._times[-1] - self._times[0]
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
     def _trim(self, now: float) -> None:
