@@ -87,18 +87,27 @@ def print_evaluation(result: dict) -> None:
 
     lat = result["latency_ms"]
     metrics = result.get("metrics") or {}
-    table = Table(title=f"bag evaluation ({result['mode']})", show_header=True)
-    for col in ("frames", "answered", "dropped", "mAP@0.5", "mAP@.5:.95", "P", "R",
-                "p50 ms", "p95 ms", "p99 ms", "fps"):
-        table.add_column(col, justify="right")
 
     def f(v: object, d: int = 3) -> str:
         return "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
 
-    table.add_row(str(result["frames_read"]), str(result["frames_answered"]), str(result["dropped_frames"]),
-                  f(metrics.get("map50")), f(metrics.get("map50_95")), f(metrics.get("precision")),
-                  f(metrics.get("recall")), f(lat["p50"], 1), f(lat["p95"], 1), f(lat["p99"], 1),
-                  f(result["throughput_fps"], 1))
+    title = f"bag evaluation ({result['mode']}" + (f", {result['rate']}x" if result.get("rate") else "") + ")"
+    table = Table(title=title, show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [("frames read / answered / dropped",
+             f"{result['frames_read']} / {result['frames_answered']} / {result['dropped_frames']}")]
+    if metrics:
+        rows += [("mAP@0.5", f(metrics.get("map50"))), ("mAP@0.5:0.95", f(metrics.get("map50_95"))),
+                 (f"precision / recall @ {result['score_threshold']}",
+                  f"{f(metrics.get('precision'))} / {f(metrics.get('recall'))}")]
+        rows += [(f"AP@0.5 {name}", f(v.get("ap50"))) for name, v in (metrics.get("per_class") or {}).items()]
+    rows += [("latency p50 / p95 / p99 ms", f"{f(lat['p50'], 1)} / {f(lat['p95'], 1)} / {f(lat['p99'], 1)}"),
+             ("throughput fps", f(result["throughput_fps"], 1)),
+             (f"detections @ {result['score_threshold']}", ", ".join(
+                 f"{n} {c}" for n, c in result["detections"]["by_class"].items()))]
+    for row in rows:
+        table.add_row(*row)
     console = Console()
     console.print(table)
     for problem in result.get("problems", []):

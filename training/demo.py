@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "compress_demo.yaml"
+#: --quick: seconds-long micro models, to check the plumbing end to end.
+QUICK_CONFIG = Path(__file__).resolve().parent / "configs" / "compress_tiny.yaml"
 FLIGHT_FRAMES = 120
 QUICK_FLIGHT_FRAMES = 40
 
@@ -96,7 +98,8 @@ def run_demo(out: str, quick: bool = False, frames: Optional[int] = None, rate: 
     }
     _print_report(report)
     with open(out_dir / "demo_report.json", "w") as fh:
-        json.dump(report, fh, indent=2, default=str)
+        from evit_perception.evaluation.bag_eval import to_jsonable
+        json.dump(to_jsonable(report), fh, indent=2, default=str)
     with open(out_dir / "demo_report.md", "w") as fh:
         fh.write(_markdown(report))
     return report
@@ -104,21 +107,15 @@ def run_demo(out: str, quick: bool = False, frames: Optional[int] = None, rate: 
 
 # -- stages ------------------------------------------------------------------------------
 def _compress(out_dir: Path, quick: bool):
-    from evit_training.pipeline import compress
+    from evit_training.pipeline import compress, load_compress_config
 
-    if not DEMO_CONFIG.is_file():
-        raise _Skip(f"{DEMO_CONFIG} is not written yet")
-    import yaml
-
-    with open(DEMO_CONFIG) as fh:
-        config = yaml.safe_load(fh) or {}
-    for key in ("out_dir", "output_dir", "out"):
-        if key in config:
-            config[key] = str(out_dir / "compress")
-    if quick and "quick" in config:
-        config["quick"] = True
+    config_path = QUICK_CONFIG if quick and QUICK_CONFIG.is_file() else DEMO_CONFIG
+    if not config_path.is_file():
+        raise _Skip(f"{config_path} is not written yet")
+    config = load_compress_config(str(config_path))
+    config.out_dir = str(out_dir / "compress")  # resumes: finished stages are not redone
     report = compress(config)
-    return report, f"{len(_stage_rows(report))} stage(s) in the compression report"
+    return report, f"{config_path.name}: {len(_stage_rows(report))} stage(s) measured -> {config.out_dir}"
 
 
 def _stage_rows(report: Any) -> List[Dict[str, Any]]:
@@ -176,24 +173,6 @@ def _evaluate(out_dir: Path, bag: str, model: str, rate: float):
 
 
 # -- report ------------------------------------------------------------------------------
-#: Columns of training/report's stage rows worth a glance, in this order.
-_STAGE_COLUMNS = ("input_size", "params", "macs", "size_mb", "latency_ms", "map50", "map50_95")
-
-
-def _compression_columns(rows: List[Dict[str, Any]]) -> List[str]:
-    return [c for c in _STAGE_COLUMNS if any(r.get(c) is not None for r in rows)]
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return "-" if value is None else str(value)
-    if isinstance(value, int):
-        return f"{value:,d}"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
-    return str(value)
-
-
 def _print_report(report: Dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -206,16 +185,9 @@ def _print_report(report: Dict[str, Any]) -> None:
     for o in report["stages"]:
         stages.add_row(o["name"], o["status"], f"{o['seconds']:.0f}", o["detail"][:120])
     console.print(stages)
-    rows = _stage_rows(report.get("compression"))
-    if rows:
-        cols = _compression_columns(rows)
-        table = Table(title="compression")
-        table.add_column("stage")
-        for c in cols:
-            table.add_column(c, justify="right")
-        for r in rows:
-            table.add_row(str(r.get("name")), *[_cell(r.get(c)) for c in cols])
-        console.print(table)
+    if _stage_rows(report.get("compression")):
+        from evit_training.report.report import print_table
+        print_table(report["compression"])
     if report.get("bag_evaluation"):
         from evit_training.cli_bags import print_evaluation
         print_evaluation(report["bag_evaluation"])
@@ -227,12 +199,10 @@ def _markdown(report: Dict[str, Any]) -> str:
     lines = ["# evit demo report", "", f"Wall time {report['wall_s']:.0f} s" + (" (quick)" if report["quick"] else ""),
              "", "| stage | status | s | detail |", "|---|---|---|---|"]
     lines += [f"| {o['name']} | {o['status']} | {o['seconds']:.0f} | {o['detail']} |" for o in report["stages"]]
-    rows = _stage_rows(report.get("compression"))
-    if rows:
-        cols = _compression_columns(rows)
-        lines += ["", "## Compression", "", "| stage | " + " | ".join(cols) + " |",
-                  "|---|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join([str(r.get("name"))] + [_cell(r.get(c)) for c in cols]) + " |" for r in rows]
+    if _stage_rows(report.get("compression")):
+        from evit_training.report.report import markdown
+        lines += [""] + ["#" + line if line.startswith("# ") else line
+                         for line in markdown(report["compression"]).splitlines()]
     evaluation = report.get("bag_evaluation")
     if evaluation and (evaluation.get("files") or {}).get("markdown"):
         rel = os.path.relpath(evaluation["files"]["markdown"], report["out"])

@@ -443,17 +443,17 @@ def write_reports(result: Dict[str, Any], frames: Sequence[FrameRecord], truth: 
         plot_pr_curves(result["metrics"], files["pr_png"])
     doc = dict(result, files=files)
     with open(files["json"], "w") as fh:
-        json.dump(_jsonable(doc), fh, indent=2)
+        json.dump(to_jsonable(doc), fh, indent=2)
     with open(files["markdown"], "w") as fh:
         fh.write(format_markdown(doc))
     return files
 
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
