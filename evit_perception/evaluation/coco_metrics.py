@@ -109,9 +109,9 @@ def _matches_at_threshold(ev, backend: str, score_threshold: float) -> Tuple[int
                 n_tp += int(int(dt_id) in tp_ids)
         return n_tp, n_det
     n_tp = n_det = 0  # pycocotools: per image and class records, area "all" only
-    n_area = len(ev.params.areaRng)
-    for k, rec in enumerate(ev.evalImgs):
-        if rec is None or k % n_area:
+    all_area = list(ev.params.areaRng[0])
+    for rec in ev.evalImgs:
+        if rec is None or list(rec["aRng"]) != all_area:
             continue
         scores = np.asarray(rec["dtScores"])
         keep = (scores >= score_threshold) & ~np.asarray(rec["dtIgnore"][0], bool)

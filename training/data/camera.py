@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Dict, Tuple
 
 import numpy as np
@@ -43,7 +44,7 @@ class PinholeCamera:
                    tuple(float(v) for v in position), float(yaw), float(pitch), float(roll))
 
     # -- frames ----------------------------------------------------------------------------
-    @property
+    @cached_property
     def rotation_world_from_camera(self) -> np.ndarray:
         """3x3 matrix whose columns are the camera x (right), y (down), z (forward) in ENU."""
         cy_, sy = math.cos(self.yaw), math.sin(self.yaw)
@@ -62,9 +63,13 @@ class PinholeCamera:
         """3x3 intrinsic matrix."""
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
-    def _world_to_camera(self) -> Tuple[np.ndarray, np.ndarray]:
+    @cached_property
+    def _extrinsics(self) -> Tuple[np.ndarray, np.ndarray]:
         rot = self.rotation_world_from_camera.T
         return rot, -rot @ np.asarray(self.position, dtype=np.float64)
+
+    def _world_to_camera(self) -> Tuple[np.ndarray, np.ndarray]:
+        return self._extrinsics
 
     # -- projections -----------------------------------------------------------------------
     def project(self, points_world: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -76,6 +81,11 @@ class PinholeCamera:
         uv = np.stack([self.fx * pc[:, 0] / zs + self.cx, self.fy * pc[:, 1] / zs + self.cy], axis=1)
         return uv, z
 
+    @cached_property
+    def ground_homography_matrix(self) -> np.ndarray:
+        """3x3 homography from ground-plane (x, y) metres to image pixels (cached)."""
+        return self.ground_homography()
+
     def ground_homography(self) -> np.ndarray:
         """3x3 homography from ground-plane (x, y) metres to image pixels."""
         rot, t = self._world_to_camera()
@@ -83,7 +93,7 @@ class PinholeCamera:
 
     def pixel_to_ground(self, uv: np.ndarray) -> np.ndarray:
         """Pixels ``(N, 2)`` -> ground points ``(N, 2)`` (rays must hit the ground)."""
-        h_inv = np.linalg.inv(self.ground_homography())
+        h_inv = np.linalg.inv(self.ground_homography_matrix)
         pts = np.concatenate([np.asarray(uv, dtype=np.float64), np.ones((len(uv), 1))], axis=1) @ h_inv.T
         return pts[:, :2] / pts[:, 2:3]
 

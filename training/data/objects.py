@@ -77,9 +77,12 @@ def box_points(cx: float, cy: float, z0: float, length: float, width: float, hei
     hl, hw = length / 2.0, width / 2.0
     local = np.array([[hl, hw], [-hl, hw], [-hl, -hw], [hl, -hw]])
     xy = local @ np.array([[c, s], [-s, c]]) + (cx, cy)
-    bottom = np.c_[xy, np.full(4, z0)]
-    top = np.c_[xy, np.full(4, z0 + height)]
-    return np.vstack([bottom, top])
+    out = np.empty((8, 3))
+    out[:4, :2] = xy
+    out[4:, :2] = xy
+    out[:4, 2] = z0
+    out[4:, 2] = z0 + height
+    return out
 
 
 _TOP = (4, 5, 6, 7)
@@ -265,7 +268,9 @@ def _hull_fixed(uv: np.ndarray, offset: float = 0.0) -> np.ndarray:
 def shadow_points(points: np.ndarray, sun_dir: np.ndarray) -> np.ndarray:
     """Project 3D points along the sun ray onto z = 0; ``sun_dir`` points from the sun (z < 0)."""
     t = points[:, 2] / -sun_dir[2]
-    return np.c_[points[:, :2] + t[:, None] * sun_dir[:2], np.zeros(len(points))]
+    out = np.zeros_like(points)
+    out[:, :2] = points[:, :2] + t[:, None] * sun_dir[:2]
+    return out
 
 
 def sun_direction(azimuth: float, elevation: float) -> np.ndarray:
@@ -291,18 +296,22 @@ def render_objects(image: np.ndarray, camera: PinholeCamera, objects: Sequence[S
     shadow = np.zeros((h, w), np.uint8)
     for idx, obj in enumerate(objects):
         parts = obj.parts()
+        sizes = [len(p.points) for p in parts]
         pts = np.vstack([p.points for p in parts])
-        uv, depth = camera.project(pts)
+        # one projection for the object and its shadow
+        uv_all, depth_all = camera.project(np.vstack([pts, shadow_points(pts, sun_dir)]))
+        n = len(pts)
+        uv, depth = uv_all[:n], depth_all[:n]
         if np.any(depth <= 0.5):
             continue
         if uv[:, 0].max() < -margin or uv[:, 1].max() < -margin or uv[:, 0].min() > w + margin \
                 or uv[:, 1].min() > h + margin:
             continue
-        for part in parts:
-            suv, sdepth = camera.project(shadow_points(part.points, sun_dir))
-            if np.all(sdepth > 0.5):
+        splits = np.cumsum(sizes)[:-1]
+        if np.all(depth_all[n:] > 0.5):
+            for suv in np.split(uv_all[n:], splits):
                 cv2.fillConvexPoly(shadow, _hull_fixed(suv), 255, cv2.LINE_AA, _SHIFT)
-        projected.append((float(depth.mean()), idx, parts))
+        projected.append((float(depth.mean()), idx, parts, np.split(uv, splits)))
     if shadow.any():
         soft = cv2.GaussianBlur(shadow, (3, 3), 0).astype(np.float32) * (shadow_strength / 255.0)
         dark = np.zeros_like(image)
@@ -310,18 +319,14 @@ def render_objects(image: np.ndarray, camera: PinholeCamera, objects: Sequence[S
 
     ids = np.zeros((h + 2 * margin, w + 2 * margin), np.uint16)
     drawn: List[Tuple[int, int, Tuple[int, int, int, int]]] = []
-    for order, (_, idx, parts) in enumerate(sorted(projected, key=lambda t: -t[0])):
+    for order, (_, idx, parts, part_uvs) in enumerate(sorted(projected, key=lambda t: -t[0])):
         key = order + 1
-        all_uv = []
-        for part in parts:
-            uv, _ = camera.project(part.points)
-            all_uv.append(uv)
+        for part, uv in zip(parts, part_uvs):
             cv2.fillConvexPoly(image, _hull_fixed(uv), part.side, cv2.LINE_8, _SHIFT)
             cv2.fillConvexPoly(ids, _hull_fixed(uv, margin), key, cv2.LINE_8, _SHIFT)
             if part.top is not None:
-                top = uv[list(part.top_index)]
-                cv2.fillConvexPoly(image, _hull_fixed(top), part.top, cv2.LINE_8, _SHIFT)
-        uv = np.vstack(all_uv) + margin
+                cv2.fillConvexPoly(image, _hull_fixed(uv[list(part.top_index)]), part.top, cv2.LINE_8, _SHIFT)
+        uv = np.vstack(part_uvs) + margin
         x0 = int(np.clip(np.floor(uv[:, 0].min()) - 1, 0, w + 2 * margin))
         y0 = int(np.clip(np.floor(uv[:, 1].min()) - 1, 0, h + 2 * margin))
         x1 = int(np.clip(np.ceil(uv[:, 0].max()) + 2, 0, w + 2 * margin))

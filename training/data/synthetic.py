@@ -25,7 +25,7 @@ import numpy as np
 from . import objects as obj_lib
 from .camera import PinholeCamera
 from .sensor import apply_sensor
-from .textures import GroundRaster, make_ground
+from .textures import GroundModel, distance_to_roads, make_ground_model
 
 CLASS_NAMES = ("person", "vehicle", "obstacle")
 
@@ -74,44 +74,30 @@ def random_camera(rng: np.random.Generator, width: int, height: int,
     return cam
 
 
-def ground_for_camera(rng: np.random.Generator, cam: PinholeCamera, max_raster: int = 720) -> GroundRaster:
-    """A ground raster covering the camera footprint (plus a margin) at a fitting resolution."""
-    m = 0.15
-    corners = np.array([[-m, -m], [1 + m, -m], [-m, 1 + m], [1 + m, 1 + m], [0.5, 0.5]]) * (cam.width, cam.height)
-    safe = cam.max_view_depression() > math.radians(3.0)
-    if not safe:  # pragma: no cover - random_camera guarantees this
-        raise ValueError("camera sees the horizon; cannot build a ground raster")
-    # clamp margin rays that would pass the horizon by trimming the top margin
-    xy = cam.pixel_to_ground(corners[:4].clip([-m * cam.width, 0], None))
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    centre_gsd = float(np.linalg.norm(np.asarray(cam.position)) / cam.fx) / max(math.sin(cam.pitch), 0.3)
-    extent = float(max(hi - lo))
-    gsd = max(0.8 * centre_gsd, extent / max_raster)
-    w = int(math.ceil((hi[0] - lo[0]) / gsd)) + 2
-    h = int(math.ceil((hi[1] - lo[1]) / gsd)) + 2
-    return make_ground(rng, h, w, gsd, (float(lo[0]), float(hi[1])))
+def view_bounds(cam: PinholeCamera, margin: float = 0.2) -> Tuple[np.ndarray, np.ndarray]:
+    """World box ``(lo, hi)`` (metres) holding the camera's ground footprint plus a margin."""
+    m = margin
+    corners = np.array([[-m, 0.0], [1 + m, 0.0], [-m, 1 + m], [1 + m, 1 + m]]) * (cam.width, cam.height)
+    xy = cam.pixel_to_ground(corners)
+    return xy.min(axis=0) - 5.0, xy.max(axis=0) + 5.0
 
 
-def warp_ground(ground: GroundRaster, cam: PinholeCamera) -> np.ndarray:
-    """The camera's view of the ground raster."""
-    hom = cam.ground_homography() @ ground.raster_to_world()
-    return cv2.warpPerspective(ground.image, hom, (cam.width, cam.height), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REFLECT_101)
+def random_counts(rng: np.random.Generator) -> Dict[str, int]:
+    """How many objects of each class a single view gets."""
+    return {"person": int(rng.integers(0, 9)), "vehicle": int(rng.integers(0, 5)),
+            "obstacle": int(rng.integers(1, 9))}
 
 
-def _distance_to_polyline(p: np.ndarray, line: np.ndarray) -> float:
-    a, b = line[:-1], line[1:]
-    ab = b - a
-    t = np.clip(((p - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-9), 0, 1)
-    return float(np.min(np.linalg.norm(a + t[:, None] * ab - p, axis=1)))
+def populate(rng: np.random.Generator, cam: PinholeCamera, ground: GroundModel,
+             sun_xy: Tuple[float, float], counts: Optional[Dict[str, int]] = None,
+             sampler=None) -> List[obj_lib.SceneObject]:
+    """Place persons, vehicles and obstacles on the ground.
 
-
-def populate(rng: np.random.Generator, cam: PinholeCamera, ground: GroundRaster,
-             sun_xy: Tuple[float, float], counts: Optional[Dict[str, int]] = None) -> List[obj_lib.SceneObject]:
-    """Place persons, vehicles and obstacles in the camera's view (a few beyond its edges)."""
+    By default positions are drawn in the camera's view (a few just beyond its edges);
+    ``sampler(n) -> (n, 2)`` world points overrides that (flights fill a whole area).
+    """
     if counts is None:
-        counts = {"person": int(rng.integers(0, 9)), "vehicle": int(rng.integers(0, 5)),
-                  "obstacle": int(rng.integers(1, 9))}
+        counts = random_counts(rng)
     w, h = cam.width, cam.height
     placed: List[obj_lib.SceneObject] = []
 
@@ -122,14 +108,16 @@ def populate(rng: np.random.Generator, cam: PinholeCamera, ground: GroundRaster,
         return True
 
     def sample_ground(n: int = 1) -> np.ndarray:
+        if sampler is not None:
+            return sampler(n)
         uv = rng.uniform([-0.05 * w, -0.05 * h], [1.05 * w, 1.05 * h], (n, 2))
         return cam.pixel_to_ground(uv)
 
-    def on_road(x: float, y: float) -> Optional[float]:
-        for line, width in zip(ground.roads, ground.road_widths):
-            if _distance_to_polyline(np.array([x, y]), line) < width / 2:
-                return width
-        return None
+    def in_area(x: float, y: float) -> bool:
+        if sampler is not None:
+            return True
+        uv, _ = cam.project(np.array([[x, y, 0.0]]))
+        return bool(-0.05 * w < uv[0, 0] < 1.05 * w and -0.05 * h < uv[0, 1] < 1.05 * h)
 
     obstacles = counts.get("obstacle", 0)
     for _ in range(obstacles * 4):
@@ -137,21 +125,24 @@ def populate(rng: np.random.Generator, cam: PinholeCamera, ground: GroundRaster,
             break
         x, y = sample_ground()[0]
         o = obj_lib.make_obstacle(rng, float(x), float(y), sun_xy)
-        if on_road(x, y) is None and free(x, y, o.radius, 0.0):
+        # nothing reaching up towards the drone: it would fill the view
+        if o.dims[2] > 0.4 * cam.position[2]:
+            continue
+        if distance_to_roads(ground, (x, y)) > o.radius and free(x, y, o.radius, 0.0):
             placed.append(o)
     for _ in range(counts.get("vehicle", 0)):
         for _try in range(6):
             if ground.roads and rng.random() < 0.7:  # on a road, along it
-                line = ground.roads[int(rng.integers(len(ground.roads)))]
+                road = ground.roads[int(rng.integers(len(ground.roads)))]
+                line = road.line
                 seg = int(rng.integers(len(line) - 1))
                 t = rng.random()
                 x, y = line[seg] + t * (line[seg + 1] - line[seg])
                 d = line[seg + 1] - line[seg]
                 heading = math.atan2(d[1], d[0]) + (math.pi if rng.random() < 0.5 else 0.0)
-                side = float(rng.uniform(-1.2, 1.2))
+                side = float(rng.uniform(-0.25, 0.25) * road.width)
                 x, y = x - side * math.sin(heading), y + side * math.cos(heading)
-                uv, _ = cam.project(np.array([[x, y, 0.0]]))
-                if not (-0.05 * w < uv[0, 0] < 1.05 * w and -0.05 * h < uv[0, 1] < 1.05 * h):
+                if not in_area(x, y):
                     continue
             else:
                 x, y = sample_ground()[0]
@@ -184,8 +175,9 @@ def render_view(rng: np.random.Generator, image_size: ImageSize = 320, camera: O
     """Render one random aerial view; returns the image, exact boxes and the geometry used."""
     w, h = _size(image_size)
     cam = camera if camera is not None else random_camera(rng, w, h)
-    ground = ground_for_camera(rng, cam)
-    bgr = warp_ground(ground, cam)
+    lo, hi = view_bounds(cam)
+    ground = make_ground_model(rng, lo, hi)
+    bgr = ground.render(cam.ground_homography_matrix, w, h)
     sun_az, sun_el = float(rng.uniform(0, 2 * math.pi)), math.radians(float(rng.uniform(25.0, 70.0)))
     sun = obj_lib.sun_direction(sun_az, sun_el)
     sun_xy = tuple((sun[:2] / max(np.linalg.norm(sun[:2]), 1e-9)).tolist())
