@@ -87,7 +87,8 @@ def image_to_bgr(msg: Any) -> np.ndarray:
     if height <= 0 or width <= 0:
         raise ImageConversionError(f"image is {width}x{height} ({encoding}); nothing to convert")
     if channels == 2 and width % 2:
-        raise ImageConversionError(f"{encoding} image width {width} is odd; 4:2:2 needs pixel pairs")
+        raise ImageConversionError(
+            f"{encoding} image width {width} is odd; 4:2:2 needs pixel pairs")
     row_bytes = width * channels * depth
     if step < row_bytes:
         raise ImageConversionError(

@@ -110,7 +110,8 @@ def _check_graph(session: Any, contract: ModelContract, path: str,
             "the contract allows one image input")
     shape = list(graph_input.shape)
     fixed_mismatch = len(shape) != len(expected_input) or any(
-        isinstance(dim, int) and dim > 0 and dim != want for dim, want in zip(shape, expected_input))
+        isinstance(dim, int) and dim > 0 and dim != want
+        for dim, want in zip(shape, expected_input))
     if fixed_mismatch:
         raise BackendContractError(
             f"{path}: input '{spec.name}' has shape {shape} in the graph but the contract "

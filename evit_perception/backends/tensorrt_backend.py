@@ -52,7 +52,10 @@ def uses_tensor_api(version: str) -> bool:
 
 
 def sanitize_device_name(name: str) -> str:
-    """A GPU name fit for a file name: ``"NVIDIA Jetson Orin (8GB)"`` -> ``"nvidia_jetson_orin_8gb"``."""
+    """A GPU name fit for a file name.
+
+    ``"NVIDIA Jetson Orin (8GB)"`` -> ``"nvidia_jetson_orin_8gb"``.
+    """
     return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "gpu"
 
 

@@ -110,7 +110,8 @@ def _build_plan(trt: Any, onnx_path: str, contract: ModelContract, fp16: bool, i
         parsed = parser.parse(f.read())
     if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BackendError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse this ONNX: {errors}")
+        raise BackendError(
+            f"{onnx_path}: TensorRT {trt.__version__} cannot parse this ONNX: {errors}")
 
     config = builder.create_builder_config()
     if hasattr(config, "set_memory_pool_limit"):  # 8.4+
@@ -135,7 +136,10 @@ def _build_plan(trt: Any, onnx_path: str, contract: ModelContract, fp16: bool, i
     model_input = network.get_input(0)
     if any(d < 0 for d in model_input.shape):  # dynamic axes: pin them to the contract's size
         spec = contract.input
-        shape = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
+        if spec.layout == "NCHW":
+            shape = (1, 3, spec.height, spec.width)
+        else:
+            shape = (1, spec.height, spec.width, 3)
         profile = builder.create_optimization_profile()
         profile.set_shape(model_input.name, shape, shape, shape)
         config.add_optimization_profile(profile)
