@@ -156,3 +156,12 @@ def test_int8_engine_with_calibration_batches(onnx_model, tmp_path):
     backend = open_backend(engine)
     assert backend.contract.extra["engine"]["precision"] == "int8"
     backend.close()
+
+
+@pytest.mark.skipif(UNAVAILABLE is None, reason="TensorRT is usable here")
+def test_build_engine_is_reachable_from_the_backend_module(tmp_path):
+    from evit_perception.backends import tensorrt_backend
+
+    onnx_path = write_reference_model(str(tmp_path / "det.onnx"))
+    with pytest.raises(BackendError, match="cannot build a TensorRT engine from .*det.onnx"):
+        tensorrt_backend.build_engine(onnx_path, str(tmp_path / "det.engine"), workspace_mb=64)

@@ -158,11 +158,23 @@ def open_tensorrt(model_path: str, device_id: int = 0, fp16: bool = True,
         engine_path = engine_cache_path(model_path, gpu_name=current_gpu_name(device_id),
                                         precision="fp16" if fp16 else "fp32")
     if rebuild or not cached_engine_is_fresh(engine_path, model_path):
-        from evit_perception.backends.tensorrt_build import build_engine
-
         build_engine(model_path, engine_path, fp16=fp16, workspace_mb=workspace_mb,
                      device_id=device_id)
     return TensorRTBackend(engine_path, device_id=device_id)
+
+
+def build_engine(onnx_path: str, engine_path: str, fp16: bool = True, int8: bool = False,
+                 calibration_batches: Optional[Any] = None, workspace_mb: int = 1024,
+                 timing_cache_path: Optional[str] = None, device_id: int = 0,
+                 calibration_cache_path: Optional[str] = None) -> str:
+    """Build an engine plus contract sidecar; see :func:`.tensorrt_build.build_engine`
+    (reachable here too because docs/ARCHITECTURE.md lists it with this module)."""
+    from evit_perception.backends.tensorrt_build import build_engine as build
+
+    return build(onnx_path, engine_path, fp16=fp16, int8=int8,
+                 calibration_batches=calibration_batches, workspace_mb=workspace_mb,
+                 timing_cache_path=timing_cache_path, device_id=device_id,
+                 calibration_cache_path=calibration_cache_path)
 
 
 class _IoTensor:
