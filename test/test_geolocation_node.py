@@ -301,3 +301,20 @@ def test_px4_ned_odometry_and_rangefinder_ground(ros_env):
     finally:
         peer.close()
         node.stop()
+
+
+def test_bad_parameters_are_named():
+    from rclpy.parameter import Parameter
+
+    from evit_perception.geolocation.geolocation_node import GeolocationNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        for name, value, text in (("pose_type", "gps", "pose_type='gps'"),
+                                  ("camera_mount_rpy", [0.0, 1.0], "camera mount rpy must be 3"),
+                                  ("stamp_tolerance", 0.0, "stamp_tolerance must be > 0")):
+            with pytest.raises(ValueError, match=text):
+                GeolocationNode(context=context, parameter_overrides=[Parameter(name, value=value)])
+    finally:
+        context.try_shutdown()

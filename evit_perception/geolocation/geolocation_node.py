@@ -22,6 +22,7 @@ from typing import Any, Deque, List, Optional, Tuple
 
 import numpy as np
 import rclpy
+import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseArray, PoseStamped, Quaternion
 from nav_msgs.msg import Odometry
@@ -447,6 +448,9 @@ def main(args: Optional[List[str]] = None) -> None:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except ValueError as exc:  # a configuration error: say which, without a traceback
+        rclpy.logging.get_logger("evit_geolocation").fatal("invalid configuration: %s" % exc)
+        raise SystemExit(2)
     finally:
         if node is not None:
             node.destroy_node()
