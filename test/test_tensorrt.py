@@ -1,7 +1,9 @@
 """TensorRT backend: pure-Python pieces everywhere, engine build and inference where CUDA exists.
 
 The GPU tests skip with the reason (no tensorrt/pycuda package, no CUDA device) on machines
-like the development container; run them on a Jetson or a CUDA workstation.
+like the development container; run them on a Jetson or a CUDA workstation. The backend's
+control flow for the binding API (< 8.5) and the tensor-name API (8.5 to 10.x) is also run
+against a stand-in for the TensorRT runtime and CUDA device, which cannot exist here.
 """
 import dataclasses
 import os
@@ -165,3 +167,210 @@ def test_build_engine_is_reachable_from_the_backend_module(tmp_path):
     onnx_path = write_reference_model(str(tmp_path / "det.onnx"))
     with pytest.raises(BackendError, match="cannot build a TensorRT engine from .*det.onnx"):
         tensorrt_backend.build_engine(onnx_path, str(tmp_path / "det.engine"), workspace_mb=64)
+
+
+# -- TensorRTBackend's control flow on both TensorRT APIs, without a GPU ---------------------
+# A CUDA device cannot exist here, so the TensorRT runtime and pycuda are replaced by a small
+# stand-in: "device memory" is numpy buffers keyed by fake pointers, and the "engine" writes
+# one detection row whose score is the input's maximum. Everything of ours (I/O discovery,
+# dynamic-shape resolution, page-locked buffers, copies, execute call, context push/pop,
+# freeing) runs for real against it.
+
+class _FakeCuda:
+    def __init__(self):
+        self.memory, self.context_depth, self.freed = {}, 0, 0
+        test = self
+
+        class Allocation:
+            def __init__(self, nbytes):
+                self.ptr = 0x1000 + len(test.memory)
+                test.memory[self.ptr] = np.zeros(nbytes, np.uint8)
+
+            def __int__(self):
+                return self.ptr
+
+            def free(self):
+                test.freed += 1
+
+        class Context:
+            def push(self):
+                test.context_depth += 1
+
+            def pop(self):
+                test.context_depth -= 1
+
+            def detach(self):
+                pass
+
+        class Device:
+            def __init__(self, index):
+                pass
+
+            @staticmethod
+            def count():
+                return 1
+
+            def name(self):
+                return "Stand-in GPU"
+
+            def retain_primary_context(self):
+                return Context()
+
+        class Stream:
+            handle = 7
+
+            def synchronize(self):
+                pass
+
+        self.Device, self.Stream, self.mem_alloc = Device, Stream, Allocation
+
+    def init(self):
+        pass
+
+    def pagelocked_empty(self, size, dtype):
+        return np.empty(size, dtype)
+
+    def memcpy_htod_async(self, device, host, stream):
+        self.memory[int(device)][:] = host.view(np.uint8)
+
+    def memcpy_dtoh_async(self, host, device, stream):
+        host.view(np.uint8)[:] = self.memory[int(device)]
+
+
+def _fake_tensorrt(version, cuda, input_shape=(-1, 3, 320, 320)):
+    import types
+
+    trt = types.SimpleNamespace(__version__=version)
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.nptype = lambda dtype: dtype
+    tensors = [("images", True, input_shape), ("detections", False, (1, 2, 6))]
+
+    class Context:
+        def __init__(self):
+            self.shapes = {name: shape for name, _, shape in tensors}
+            self.addresses = {}
+
+        # tensor-name API (8.5+)
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = tuple(shape)
+
+        def get_tensor_shape(self, name):
+            return self.shapes[name]
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = ptr
+
+        def execute_async_v3(self, stream_handle):
+            return self._run(self.addresses["images"], self.addresses["detections"])
+
+        # binding API (< 8.5)
+        def set_binding_shape(self, index, shape):
+            self.shapes[tensors[index][0]] = tuple(shape)
+
+        def get_binding_shape(self, index):
+            return self.shapes[tensors[index][0]]
+
+        def execute_async_v2(self, bindings, stream_handle):
+            return self._run(bindings[0], bindings[1])
+
+        def _run(self, in_ptr, out_ptr):
+            image = cuda.memory[in_ptr].view(np.float32)
+            out = cuda.memory[out_ptr].view(np.float32).reshape(2, 6)
+            out[:] = 0
+            out[0] = [10, 20, 30, 40, image.max(), 1]
+            return True
+
+    class Engine:
+        def create_execution_context(self):
+            return Context()
+
+    if uses_tensor_api(version):
+        Engine.num_io_tensors = len(tensors)
+        Engine.get_tensor_name = lambda self, i: tensors[i][0]
+        Engine.get_tensor_mode = lambda self, name: "in" if name == "images" else "out"
+        Engine.get_tensor_dtype = lambda self, name: np.float32
+        Engine.get_tensor_shape = lambda self, name: dict((n, s) for n, _, s in tensors)[name]
+    else:
+        Engine.num_bindings = len(tensors)
+        Engine.get_binding_name = lambda self, i: tensors[i][0]
+        Engine.binding_is_input = lambda self, i: tensors[i][1]
+        Engine.get_binding_dtype = lambda self, i: np.float32
+        Engine.get_binding_shape = lambda self, i: tensors[i][2]
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return Engine() if data == b"stand-in engine" else None
+
+    trt.Runtime = Runtime
+    return trt
+
+
+@pytest.fixture
+def stand_in_engine(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    def install(version, input_shape=(-1, 3, 320, 320)):
+        cuda = _FakeCuda()
+        pycuda = types.ModuleType("pycuda")
+        pycuda.driver = cuda
+        monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+        monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+        monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(version, cuda, input_shape))
+        onnx_path = write_reference_model(str(tmp_path / "det.onnx"), layout="xyxy_score_class",
+                                          top_k=2)
+        engine = str(tmp_path / "det.engine")
+        with open(engine, "wb") as f:
+            f.write(b"stand-in engine")
+        write_sidecar(engine, read_onnx_contract(onnx_path))
+        return engine, cuda
+
+    return install
+
+
+@pytest.mark.parametrize("version", ["8.2.1.8", "8.6.1", "10.3.0"])
+def test_backend_runs_both_tensorrt_apis(stand_in_engine, version):
+    from evit_perception.backends.tensorrt_backend import TensorRTBackend
+
+    engine, cuda = stand_in_engine(version)
+    backend = TensorRTBackend(engine)
+    assert backend._tensor_api is uses_tensor_api(version)
+    assert backend.providers == [f"TensorRT {version} on Stand-in GPU"]
+    assert backend._input.shape == (1, 3, 320, 320)  # dynamic batch pinned to 1
+    tensor = np.zeros((1, 3, 320, 320), np.float32)
+    tensor[0, 1, 5, 5] = 0.8
+    out = backend.infer(tensor)
+    np.testing.assert_allclose(out[0, 0], [10, 20, 30, 40, 0.8, 1])
+    assert out.dtype == np.float32 and cuda.context_depth == 0
+    tensor[0, 1, 5, 5] = 0.4
+    first = out.copy()
+    assert backend.infer(tensor)[0, 0, 4] == pytest.approx(0.4)
+    np.testing.assert_array_equal(out, first)  # results are copies, not the pinned buffer
+    with pytest.raises(BackendError, match="input tensor shape"):
+        backend.infer(np.zeros((1, 3, 32, 32), np.float32))
+    backend.close()
+    assert cuda.freed == 2 and cuda.context_depth == 0
+    backend.close()  # twice is harmless
+
+
+def test_backend_refuses_engine_the_runtime_rejects(stand_in_engine):
+    from evit_perception.backends.tensorrt_backend import TensorRTBackend
+
+    engine, cuda = stand_in_engine("10.3.0")
+    with open(engine, "wb") as f:
+        f.write(b"\x00" * 64)
+    with pytest.raises(BackendError, match="TensorRT 10.3.0 cannot deserialize this engine"):
+        TensorRTBackend(engine)
+    assert cuda.context_depth == 0
+
+
+def test_backend_refuses_engine_whose_input_disagrees_with_the_contract(stand_in_engine):
+    from evit_perception.backends.tensorrt_backend import TensorRTBackend
+
+    engine, _ = stand_in_engine("8.2.1.8", input_shape=(1, 3, 256, 256))
+    with pytest.raises(BackendContractError, match=r"engine input 'images' is \(1, 3, 256, 256\)"):
+        TensorRTBackend(engine)
