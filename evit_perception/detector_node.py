@@ -382,16 +382,25 @@ class DetectorNode(Node):
 
 
 def _resolve_model_path(model_path: str) -> str:
-    """Absolute or existing paths as given; a bare name may live in share/evit_perception/models."""
+    """Absolute or existing paths as given; a bare name may live in share/evit_perception/models.
+
+    Raises BackendError naming every place looked in when the file is nowhere.
+    """
     path = os.path.expanduser(model_path)
-    if os.path.isabs(path) or os.path.exists(path):
+    if os.path.exists(path):
         return path
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        candidate = os.path.join(get_package_share_directory("evit_perception"), "models", path)
-    except (ImportError, LookupError, ValueError):
-        return path
-    return candidate if os.path.exists(candidate) else path
+    looked = [os.path.abspath(path)]
+    if not os.path.isabs(path):
+        try:
+            from ament_index_python.packages import get_package_share_directory
+            candidate = os.path.join(get_package_share_directory("evit_perception"), "models", path)
+        except (ImportError, LookupError, ValueError, OSError):  # not installed in an ament prefix
+            candidate = None
+        if candidate is not None:
+            if os.path.exists(candidate):
+                return candidate
+            looked.append(candidate)
+    raise BackendError(f"model file not found: {model_path} (looked for {' and '.join(looked)})")
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:

@@ -92,7 +92,8 @@ def _string_list(value: Any) -> List[str]:
     if isinstance(value, (list, tuple)) and len(value) == 0:
         return []
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return [str(v) for v in value]
+        # YAML params files cannot hold an empty list, so [""] also means "all classes"
+        return [v for v in value if v.strip()]
     raise ValueError(f"must be a list of class names, got {value!r}")
 
 
