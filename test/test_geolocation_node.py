@@ -318,3 +318,15 @@ def test_bad_parameters_are_named():
                 GeolocationNode(context=context, parameter_overrides=[Parameter(name, value=value)])
     finally:
         context.try_shutdown()
+
+
+def test_parsed_detections_best_hypothesis_and_numeric_ids():
+    from evit_perception.geolocation.geolocation_node import ParsedDetections
+
+    msg = detections_msg(1.0, [(10, 20, 30, 60), (100, 100, 140, 120)], ["vehicle", "2"], [0.3, 0.5])
+    msg.detections[0].results.append(ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id="person", score=0.9)))
+    msg.detections[1].id = ""
+    parsed = ParsedDetections(msg, ["person", "vehicle", "obstacle"])
+    assert parsed.classes == ["person", "obstacle"] and parsed.scores == pytest.approx([0.9, 0.5])
+    assert parsed.ids == ["det0", "1"] and np.allclose(parsed.boxes[0], [10, 20, 30, 60])
+    assert parsed.select(["person"], 0.0) == [0] and parsed.select(["*"], 0.6) == [0]

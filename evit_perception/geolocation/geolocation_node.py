@@ -72,9 +72,15 @@ def _pose_msg(position: np.ndarray, quaternion: np.ndarray) -> Pose:
                 orientation=_to_quaternion_msg(quaternion))
 
 
+def _hypothesis(result: Any) -> Tuple[str, float]:
+    """(class_id, score) of an ObjectHypothesisWithPose: 4.x/3.x ``hypothesis``, 2.x flat."""
+    h = result.hypothesis if hasattr(result, "hypothesis") else result
+    return str(h.class_id if hasattr(h, "class_id") else h.id), float(h.score)
+
+
 class ParsedDetections:
-    """Boxes (N, 4) xyxy, scores, class names and ids of a Detection2DArray (vision_msgs 4.x,
-    with the 3.x ``bbox.center.x`` layout accepted too)."""
+    """Boxes (N, 4) xyxy, best-scoring class name, score and id of each detection of a
+    Detection2DArray (vision_msgs 4.x, and the 3.x/2.x layouts)."""
 
     def __init__(self, msg: Any, class_names: List[str]) -> None:
         boxes, self.scores, self.classes, self.ids = [], [], [], []
@@ -83,12 +89,12 @@ class ParsedDetections:
             cx, cy = (centre.position.x, centre.position.y) if hasattr(centre, "position") else (centre.x, centre.y)
             w, h = det.bbox.size_x, det.bbox.size_y
             boxes.append((cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0))
-            best = max(det.results, key=lambda r: r.hypothesis.score, default=None)
-            label = best.hypothesis.class_id if best is not None else ""
+            hypotheses = [_hypothesis(r) for r in det.results]
+            label, score = max(hypotheses, key=lambda h: h[1], default=("", 0.0))
             if label.isdigit() and int(label) < len(class_names):  # detectors that send indices
                 label = class_names[int(label)]
             self.classes.append(label)
-            self.scores.append(float(best.hypothesis.score) if best is not None else 0.0)
+            self.scores.append(score)
             self.ids.append(det.id or str(index))
         self.boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
