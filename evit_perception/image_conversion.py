@@ -9,9 +9,10 @@ Where cv_bridge is importable (a real ROS install) it unpacks the raw buffer
 native byte order); the colour conversion below runs in both cases, so both paths give
 identical pixels.
 
-16-bit encodings (``mono16``, ``rgb16``, ...) keep their top 8 bits: ``v8 = v16 >> 8``
-(floor of ``v16 / 256``), the same fixed mapping every frame, so the network never sees
-brightness jump because a frame's histogram changed.
+16-bit encodings (``mono16``, ``rgb16``, ``bayer_rggb16``, ...) keep their top 8 bits:
+``v8 = v16 >> 8`` (floor of ``v16 / 256``, what OpenCV does to a 16-bit PNG read as colour),
+the same fixed mapping every frame, so the network never sees brightness jump because a
+frame's histogram changed.
 """
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ _RAW: Dict[str, Tuple[int, int, Optional[int]]] = {
     "bayer_bggr8": (1, 1, cv2.COLOR_BayerRG2BGR),
     "bayer_gbrg8": (1, 1, cv2.COLOR_BayerGR2BGR),
     "bayer_grbg8": (1, 1, cv2.COLOR_BayerGB2BGR),
+    "bayer_rggb16": (1, 2, cv2.COLOR_BayerBG2BGR),
+    "bayer_bggr16": (1, 2, cv2.COLOR_BayerRG2BGR),
+    "bayer_gbrg16": (1, 2, cv2.COLOR_BayerGR2BGR),
+    "bayer_grbg16": (1, 2, cv2.COLOR_BayerGB2BGR),
 }
 
 #: Every ``sensor_msgs/Image.encoding`` :func:`image_to_bgr` accepts.

@@ -98,13 +98,18 @@ BAYER_PATTERNS = {"bayer_rggb8": ("R", "G", "G", "B"), "bayer_bggr8": ("B", "G",
                   "bayer_gbrg8": ("G", "B", "R", "G"), "bayer_grbg8": ("G", "R", "B", "G")}
 
 
-@pytest.mark.parametrize("encoding", sorted(BAYER_PATTERNS))
+@pytest.mark.parametrize("encoding", sorted(BAYER_PATTERNS) + [
+    e.replace("8", "16") for e in sorted(BAYER_PATTERNS)])
 def test_bayer_patterns_demosaic_a_flat_colour(encoding):
     colour = {"R": 200, "G": 100, "B": 30}
-    tl, tr, bl, br = (colour[c] for c in BAYER_PATTERNS[encoding])
-    mosaic = np.zeros((8, 8), np.uint8)
+    tl, tr, bl, br = (colour[c] for c in BAYER_PATTERNS[encoding.replace("16", "8")])
+    wide = encoding.endswith("16")
+    mosaic = np.zeros((8, 8), ">u2" if wide else np.uint8)
     mosaic[0::2, 0::2], mosaic[0::2, 1::2], mosaic[1::2, 0::2], mosaic[1::2, 1::2] = tl, tr, bl, br
-    out = image_to_bgr(make_image(encoding, [mosaic[y].tobytes() for y in range(8)]))
+    if wide:
+        mosaic = (mosaic * 256 + 0xAB).astype(">u2")  # low byte: noise the 8-bit image drops
+    out = image_to_bgr(make_image(encoding, [mosaic[y].tobytes() for y in range(8)],
+                                  bigendian=wide))
     # Borders are extrapolated; the interior must be exactly the flat colour.
     np.testing.assert_allclose(out[2:-2, 2:-2].astype(int), np.broadcast_to([30, 100, 200], (4, 4, 3)),
                                atol=1)
