@@ -192,9 +192,9 @@ def test_engine_files_need_tensorrt(tmp_path):
 
 def test_default_providers_prefer_gpu_and_cache_trt_engines_beside_the_model():
     chosen = default_providers(["CPUExecutionProvider", "CUDAExecutionProvider",
-                                "TensorrtExecutionProvider"], "/models/det.onnx")
+                                "TensorrtExecutionProvider"], "/tmp/det.onnx")
     assert chosen[0][0] == "TensorrtExecutionProvider"
-    assert chosen[0][1]["trt_engine_cache_path"] == "/models"
+    assert chosen[0][1]["trt_engine_cache_path"] == "/tmp"
     assert chosen[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert default_providers(["CPUExecutionProvider"], "m.onnx") == ["CPUExecutionProvider"]
 

@@ -47,12 +47,22 @@ def test_parse_version():
         parse_version("unknown")
 
 
-def test_engine_cache_path_is_keyed_by_version_gpu_and_precision():
-    path = engine_cache_path("/models/det.onnx", trt_version="8.2.1.8",
+def test_engine_cache_path_is_keyed_by_version_gpu_and_precision(tmp_path, monkeypatch):
+    model = str(tmp_path / "det.onnx")
+    path = engine_cache_path(model, trt_version="8.2.1.8",
                              gpu_name="NVIDIA Tegra X1 (nvgpu)/integrated")
-    assert path == "/models/det.8.2.1.8.nvidia_tegra_x1_nvgpu_integrated.fp16.engine"
-    assert engine_cache_path("m.ONNX", "10.3.0", "Orin", "int8") == "m.10.3.0.orin.int8.engine"
+    assert path == str(tmp_path / "det.8.2.1.8.nvidia_tegra_x1_nvgpu_integrated.fp16.engine")
+    monkeypatch.chdir(tmp_path)
+    assert engine_cache_path("m.ONNX", "10.3.0", "Orin", "int8") == \
+        str(tmp_path / "m.10.3.0.orin.int8.engine")
     assert sanitize_device_name("  ") == "gpu"
+
+
+def test_user_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    from evit_perception.backends.tensorrt_backend import user_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert user_cache_dir() == str(tmp_path / "evit_perception")
 
 
 def test_onnx_contract_is_read_for_the_sidecar(tmp_path):

@@ -81,7 +81,9 @@ def default_providers(available: Sequence[str], model_path: str) -> List[Provide
         if name not in available:
             continue
         if name == "TensorrtExecutionProvider":
-            cache_dir = os.path.dirname(os.path.abspath(model_path))
+            from evit_perception.backends.tensorrt_backend import engine_cache_dir
+
+            cache_dir = engine_cache_dir(model_path)
             chosen.append((name, {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
                                   "trt_engine_cache_path": cache_dir}))
         else:

@@ -59,17 +59,32 @@ def sanitize_device_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "gpu"
 
 
+def user_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/evit_perception`` (default ``~/.cache/evit_perception``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "evit_perception")
+
+
+def engine_cache_dir(model_path: str) -> str:
+    """The model's own folder when writable (the usual case), else :func:`user_cache_dir`
+    (models installed read-only, e.g. in a container image)."""
+    folder = os.path.dirname(os.path.abspath(model_path))
+    return folder if os.access(folder, os.W_OK) else user_cache_dir()
+
+
 def engine_cache_path(onnx_path: str, trt_version: Optional[str] = None,
                       gpu_name: Optional[str] = None, precision: str = "fp16") -> str:
     """Where the engine built from ``onnx_path`` is cached:
-    ``<model>.<trt version>.<gpu name sanitised>.<precision>.engine`` beside the model.
+    ``<model>.<trt version>.<gpu name sanitised>.<precision>.engine`` beside the model
+    (in :func:`user_cache_dir` when the model's folder is read-only).
 
     An engine only runs on the TensorRT version and GPU model that built it, hence the key.
     ``trt_version`` and ``gpu_name`` default to the installed TensorRT and CUDA device 0.
     """
-    base = str(onnx_path)
+    base = os.path.basename(str(onnx_path))
     if base.lower().endswith(".onnx"):
         base = base[:-5]
+    base = os.path.join(engine_cache_dir(onnx_path), base)
     if trt_version is None:
         import tensorrt as trt
 
