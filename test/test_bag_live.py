@@ -79,3 +79,31 @@ def test_replay_publishes_clock_at_the_recorded_times(tmp_path):
     assert [p.stamp_ns for p in recording.published] == expected
     assert sorted(set(seen)) == expected  # one /clock per message, at the recorded time
     assert recording.answers == {}
+
+
+def test_graph_without_a_node_is_a_clear_error(tmp_path):
+    from evit_perception.evaluation.bag_io import BagError
+
+    bag = write_squares_bag(tmp_path / "bag", count=1)
+    with BagReader(bag) as reader, BagReplayer(reader, "/camera/image_raw", "/nobody/answers") as replayer:
+        with pytest.raises(BagError, match=r"not ready after 1 s: nobody subscribed to '/camera/image_raw'; "
+                                           r"nobody publishes '/nobody/answers'"):
+            replayer.wait_for_graph(1.0)
+        with pytest.raises(BagError, match="rate must be > 0"):
+            replayer.replay(rate=0.0)
+
+
+def test_node_without_a_model_answers_nothing_and_its_log_says_why(tmp_path):
+    from evit_perception.evaluation.bag_eval import DetectorProcess
+
+    bag = write_squares_bag(tmp_path / "bag", count=2)
+    node = DetectorProcess(str(tmp_path / "missing.onnx"), "/evit_eval/image_raw", "/evit_eval/detections", "raw")
+    try:
+        with BagReader(bag) as reader, BagReplayer(reader, "/camera/image_raw", "/evit_eval/detections",
+                                                   rename={"/camera/image_raw": "/evit_eval/image_raw"}) as replayer:
+            replayer.wait_for_graph(60.0, alive=node.death_reason)
+            recording = replayer.replay(rate=2.0, drain_s=1.0)
+        assert len(recording.published) == 2 and recording.answers == {}
+        assert "missing.onnx" in node.log_tail()
+    finally:
+        node.stop()

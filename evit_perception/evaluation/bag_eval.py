@@ -174,6 +174,8 @@ def _run_live(reader: BagReader, topic: str, frames: List[FrameRecord], model: s
                          rename={topic: graph_topic}) as replayer:
             replayer.wait_for_graph(node_timeout_s, alive=node.death_reason)
             recording = replayer.replay(rate=rate, max_frames=max_frames, progress=progress)
+        if not recording.answers:
+            reader._note("the detector node answered no frame; its log ends:\n" + node.log_tail())
     finally:
         node.stop()
     published = {p.stamp_ns: p for p in recording.published}
