@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -31,6 +32,8 @@ from evit_perception.model_contract import ModelContract, ModelContractError, si
 #: First TensorRT version with the tensor-name API (``execute_async_v3``).
 TENSOR_API_SINCE = (8, 5)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+_log = logging.getLogger(__name__)
 
 
 def parse_version(version: str) -> Tuple[int, ...]:
@@ -173,6 +176,8 @@ def open_tensorrt(model_path: str, device_id: int = 0, fp16: bool = True,
         engine_path = engine_cache_path(model_path, gpu_name=current_gpu_name(device_id),
                                         precision="fp16" if fp16 else "fp32")
     if rebuild or not cached_engine_is_fresh(engine_path, model_path):
+        _log.warning("building a TensorRT engine for %s at %s (first start with this model, "
+                     "TensorRT and GPU; this can take minutes)", model_path, engine_path)
         build_engine(model_path, engine_path, fp16=fp16, workspace_mb=workspace_mb,
                      device_id=device_id)
     return TensorRTBackend(engine_path, device_id=device_id)
