@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
 
 #: Score threshold for mAP: low, so the PR curve is complete (COCO practice).
 MAP_SCORE_THRESHOLD = 0.01
@@ -27,15 +27,26 @@ def file_size_mb(path: str) -> float:
     return os.path.getsize(path) / 1e6
 
 
+_COUNTED_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                  onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32)
+
+
 def onnx_params(model: onnx.ModelProto) -> int:
-    """Learned parameters in the graph: weight initializers, not QDQ scales/zero-points or shapes."""
+    """Learned parameters in the graph: weight tensors (initializers and Constant nodes, any
+    of float/int8/int32), not QDQ scales/zero-points, shapes or scalars. The same network
+    counts the same in FP32, FP16 and INT8 files."""
     qdq_side_inputs = {name for node in model.graph.node if node.op_type in _QDQ_OPS
                        for name in node.input[1:]}
+    tensors = [(t.name, t) for t in model.graph.initializer]
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            tensors += [(node.output[0], a.t) for a in node.attribute if a.name == "value"]
     total = 0
-    for init in model.graph.initializer:
-        if init.name in qdq_side_inputs or init.data_type == onnx.TensorProto.INT64:
+    for name, tensor in tensors:
+        count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+        if name in qdq_side_inputs or tensor.data_type not in _COUNTED_TYPES or count < 2:
             continue
-        total += int(np.prod(init.dims)) if len(init.dims) else 1
+        total += count
     return total
 
 
