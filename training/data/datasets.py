@@ -48,6 +48,8 @@ class ImageRecord:
     height: Optional[int]
     boxes: np.ndarray  # (n, 4) float32 xyxy
     labels: np.ndarray  # (n,) int64
+    #: True while ``boxes`` are still normalised to [0, 1] (YOLO); pixels once the size is known.
+    normalized: bool = False
 
 
 class BaseDetectionDataset(Dataset):
@@ -85,14 +87,24 @@ class BaseDetectionDataset(Dataset):
         rec = self.records[index]
         if rec.width is None or rec.height is None:
             h, w = self.load_image(index).shape[:2]
-            rec.width, rec.height = int(w), int(h)
+            self._set_size(rec, w, h)
         return int(rec.height), int(rec.width)
+
+    @staticmethod
+    def _set_size(rec: ImageRecord, w: int, h: int) -> None:
+        rec.width, rec.height = int(w), int(h)
+        if rec.normalized:
+            b = rec.boxes.astype(np.float32) * np.array([w, h, w, h], np.float32)
+            np.clip(b[:, 0::2], 0, w, out=b[:, 0::2])
+            np.clip(b[:, 1::2], 0, h, out=b[:, 1::2])
+            keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+            rec.boxes, rec.labels, rec.normalized = b[keep], rec.labels[keep], False
 
     def __getitem__(self, index: int):
         rec = self.records[index]
         bgr = self.load_image(index)
         h, w = bgr.shape[:2]
-        rec.width, rec.height = int(w), int(h)
+        self._set_size(rec, w, h)
         boxes = rec.boxes.astype(np.float32).copy()
         labels = rec.labels.copy()
         if self.train:
@@ -331,10 +343,8 @@ class YoloDataset(BaseDetectionDataset):
         for k, img in enumerate(images):
             label_file = _label_path_for(img)
             boxes, labels = self._read_labels(label_file, len(class_names))
-            records.append(ImageRecord(k + 1, img, None, None, boxes, labels))
+            records.append(ImageRecord(k + 1, img, None, None, boxes, labels, normalized=True))
         super().__init__(records, class_names, input_size, train, source, vertical_flip)
-        # YOLO boxes are normalised: they become pixels once the image size is known
-        self._normalised = True
 
     @staticmethod
     def _read_labels(path: Path, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -359,27 +369,6 @@ class YoloDataset(BaseDetectionDataset):
             rows.append((cls, cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2))
         arr = np.asarray(rows, np.float64).reshape(-1, 5)
         return arr[:, 1:].astype(np.float32), arr[:, 0].astype(np.int64)
-
-    def _pixel_boxes(self, index: int) -> None:
-        rec = self.records[index]
-        if getattr(rec, "_pixels", False):
-            return
-        h, w = self.image_size(index)
-        b = rec.boxes.astype(np.float32) * np.array([w, h, w, h], np.float32)
-        np.clip(b[:, 0::2], 0, w, out=b[:, 0::2])
-        np.clip(b[:, 1::2], 0, h, out=b[:, 1::2])
-        keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-        rec.boxes, rec.labels = b[keep], rec.labels[keep]
-        rec._pixels = True  # type: ignore[attr-defined]
-
-    def __getitem__(self, index: int):
-        self._pixel_boxes(index)
-        return super().__getitem__(index)
-
-    def coco_gt(self) -> dict:
-        for i in range(len(self.records)):
-            self._pixel_boxes(i)
-        return super().coco_gt()
 
 
 def load_detection_dataset(path: PathLike, input_size: int = 320, train: bool = False,

@@ -235,9 +235,10 @@ def make_vehicle(rng: np.random.Generator, x: float, y: float, heading: float) -
                        extra={"cabin": cabin, "cabin_offset": off})
 
 
-def make_obstacle(rng: np.random.Generator, x: float, y: float, sun_xy: Tuple[float, float]) -> SceneObject:
-    """A tree (most often), a pole or a small building."""
-    kind = rng.choice(["tree", "tree", "tree", "pole", "building"])
+def make_obstacle(rng: np.random.Generator, x: float, y: float, sun_xy: Tuple[float, float],
+                  kind: Optional[str] = None) -> SceneObject:
+    """A tree (most often), a pole or a small building (or the given ``kind``)."""
+    kind = kind or str(rng.choice(["tree", "tree", "tree", "pole", "building"]))
     heading = float(rng.uniform(0, 2 * math.pi))
     if kind == "tree":
         r = float(rng.uniform(1.3, 4.0))
