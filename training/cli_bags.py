@@ -40,7 +40,8 @@ def make_bag(
     try:
         summary = write_flight_bag(
             str(out), generate_flight(frames, image_size=(width, height), seed=seed, fps=fps),
-            CLASS_NAMES, storage=storage, compressed=compressed, overwrite=overwrite, progress=True)
+            CLASS_NAMES, storage=storage, compressed=compressed, overwrite=overwrite, progress=True,
+            total=frames)
     except BagError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)

@@ -54,11 +54,13 @@ class BagSummary:
 def write_flight_bag(path: str, frames: Iterable[Any], class_names: Sequence[str],
                      storage: str = "mcap", compressed: bool = False, jpeg_quality: int = 90,
                      topics: FlightTopics = FlightTopics(), start_ns: int = DEFAULT_START_NS,
-                     overwrite: bool = False, progress: bool = False) -> BagSummary:
+                     overwrite: bool = False, progress: bool = False,
+                     total: Optional[int] = None) -> BagSummary:
     """Write ``frames`` as a drone flight; returns a :class:`BagSummary`.
 
     ``class_names`` turn 0-based labels into the ground truth's ``class_id`` strings, the
-    same strings the detector node publishes.
+    same strings the detector node publishes. ``total`` (the frame count, if known) sizes
+    the progress bar.
     """
     import cv2
 
@@ -74,7 +76,7 @@ def write_flight_bag(path: str, frames: Iterable[Any], class_names: Sequence[str
         iterator = frames
         if progress:
             from tqdm import tqdm
-            iterator = tqdm(frames, desc="bag", unit="frame")
+            iterator = tqdm(frames, total=total, desc="bag", unit="frame")
         for frame in iterator:
             stamp_ns = start_ns + int(round(float(frame.stamp_s) * 1e9))
             header = store.types["std_msgs/msg/Header"](
