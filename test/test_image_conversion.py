@@ -72,6 +72,33 @@ def test_rgb16_big_endian():
     assert_bgr(image_to_bgr(make_image("rgb16", rows, bigendian=True)), SCENE_BGR)
 
 
+ALPHA = np.full((2, 4, 1), 77, np.uint8)
+GREY = np.array([[0, 17, 128, 255], [1, 2, 3, 4]], np.uint8)
+GREY_BGR = np.repeat(GREY[..., None], 3, axis=2)
+# encoding -> (HxWxC samples as stored in the message, expected BGR)
+KNOWN_PIXELS = {
+    "8UC1": (GREY, GREY_BGR),
+    "8UC3": (SCENE_BGR, SCENE_BGR),
+    "8UC4": (np.concatenate([SCENE_BGR, ALPHA], axis=2), SCENE_BGR),
+    "16UC1": (GREY.astype(np.uint16) * 257, GREY_BGR),
+    "bgr16": (SCENE_BGR.astype(np.uint16) * 257, SCENE_BGR),
+    "rgba16": (np.concatenate([SCENE_RGB, ALPHA], axis=2).astype(np.uint16) * 257, SCENE_BGR),
+    "bgra16": (np.concatenate([SCENE_BGR, ALPHA], axis=2).astype(np.uint16) * 257 + 0x7F,
+               SCENE_BGR),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(KNOWN_PIXELS))
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_aliases_and_16_bit_colour_against_known_pixels(encoding, bigendian):
+    samples, expected = KNOWN_PIXELS[encoding]
+    if samples.dtype == np.uint16:
+        samples = samples.astype(">u2" if bigendian else "<u2")
+    rows = [samples[y].tobytes() for y in range(2)]
+    msg = make_image(encoding, rows, step=len(rows[0]) + 4, bigendian=bigendian)
+    assert_bgr(image_to_bgr(msg), expected)
+
+
 def uyvy_pairs(pairs):
     """Bytes of 4:2:2 pixel pairs given as (y0, u, y1, v) in UYVY order."""
     return bytes(b for y0, u, y1, v in pairs for b in (u, y0, v, y1))
