@@ -83,7 +83,7 @@ KNOWN_PIXELS = {
     "16UC1": (GREY.astype(np.uint16) * 257, GREY_BGR),
     "bgr16": (SCENE_BGR.astype(np.uint16) * 257, SCENE_BGR),
     "rgba16": (np.concatenate([SCENE_RGB, ALPHA], axis=2).astype(np.uint16) * 257, SCENE_BGR),
-    "bgra16": (np.concatenate([SCENE_BGR, ALPHA], axis=2).astype(np.uint16) * 257 + 0x7F,
+    "bgra16": (np.concatenate([SCENE_BGR, ALPHA], axis=2).astype(np.uint16) * 256 + 0x7F,
                SCENE_BGR),
 }
 
