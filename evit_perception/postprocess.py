@@ -8,7 +8,7 @@ Handles both output layouts of the model contract:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -119,7 +119,7 @@ class Postprocessor:
             order = np.argsort(-scores, kind="stable")[:self.max_detections]
         return Detections(transform.to_source(boxes[order]), scores[order], class_ids[order])
 
-    def _candidates(self, raw: np.ndarray):
+    def _candidates(self, raw: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(boxes xyxy input pixels, scores, class ids) of the first image in the batch."""
         out = self.contract.output
         num_classes = self.contract.num_classes
