@@ -207,6 +207,11 @@ def prune_vit(
             num_heads={b.attn.qkv: int(b.attn.num_heads) for b in blocks} if prune_heads else {},
             prune_num_heads=prune_heads, prune_head_dims=False, head_pruning_ratio=0.0,
             head_pruning_ratio_dict=head_plan or None,
+            # pos_embed/cls_token carry the embedding width, which is never pruned here.
+            unwrapped_parameters=[(p, p.dim() - 1) for p in (getattr(backbone, "pos_embed", None),
+                                                               getattr(backbone, "cls_token", None),
+                                                               getattr(backbone, "reg_token", None))
+                                  if isinstance(p, nn.Parameter)],
         )
         pruner.step()
         for block in blocks:
