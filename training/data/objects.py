@@ -164,14 +164,20 @@ def _tree(o: SceneObject) -> List[Part]:
     crown_h = min(height * 0.6, 2.2 * radius)
     zc = height - crown_h / 2.0
     sun = o.extra.get("sun_xy", (0.0, 0.0))
-    return [
-        Part(box_points(o.x, o.y, 0.0, 0.35, 0.35, zc, o.heading), (40, 60, 80)),
-        Part(ellipsoid_points(o.x, o.y, zc, radius, radius * o.extra.get("aspect", 1.0), crown_h / 2.0),
-             _shade(canopy, 0.7)),
-        # lit cap towards the sun
-        Part(ellipsoid_points(o.x - 0.25 * radius * sun[0], o.y - 0.25 * radius * sun[1], zc + 0.2 * crown_h,
-                              0.6 * radius, 0.6 * radius, 0.3 * crown_h), _shade(canopy, 1.1)),
-    ]
+    aspect = o.extra.get("aspect", 1.0)
+    parts = [Part(box_points(o.x, o.y, 0.0, 0.35, 0.35, zc, o.heading), (40, 60, 80)),
+             Part(ellipsoid_points(o.x, o.y, zc, radius, radius * aspect, crown_h / 2.0), _shade(canopy, 0.65))]
+    # clumps of foliage around the crown, lit more on the side facing the sun
+    for k, lobe in enumerate(o.extra.get("lobes", ())):
+        a, r = lobe
+        dx, dy = math.cos(a), math.sin(a)
+        lit = 0.85 + 0.25 * max(0.0, -(dx * sun[0] + dy * sun[1]))
+        parts.append(Part(ellipsoid_points(o.x + 0.45 * radius * dx, o.y + 0.45 * radius * aspect * dy,
+                                           zc + 0.15 * crown_h, r * radius, r * radius, 0.3 * crown_h),
+                          _shade(canopy, lit)))
+    parts.append(Part(ellipsoid_points(o.x - 0.3 * radius * sun[0], o.y - 0.3 * radius * sun[1], zc + 0.3 * crown_h,
+                                       0.4 * radius, 0.4 * radius, 0.2 * crown_h), _shade(canopy, 1.25)))
+    return parts
 
 
 def _pole(o: SceneObject) -> List[Part]:
@@ -241,15 +247,18 @@ def make_obstacle(rng: np.random.Generator, x: float, y: float, sun_xy: Tuple[fl
     kind = kind or str(rng.choice(["tree", "tree", "tree", "pole", "building"]))
     heading = float(rng.uniform(0, 2 * math.pi))
     if kind == "tree":
-        r = float(rng.uniform(1.3, 4.0))
+        r = float(rng.uniform(1.2, 3.2))
         green = (rng.uniform(25, 60), rng.uniform(70, 130), rng.uniform(35, 75))
+        lobes = tuple((float(a), float(rng.uniform(0.35, 0.55)))
+                      for a in rng.uniform(0, 2 * math.pi) + np.arange(int(rng.integers(3, 6))) * 2 * math.pi / 5)
         return SceneObject(OBSTACLE, "tree", x, y, heading, (r * 2, r * 2, float(rng.uniform(2.2, 3.2) * r)),
-                           (tuple(green),), extra={"aspect": float(rng.uniform(0.85, 1.15)), "sun_xy": sun_xy})
+                           (tuple(green),), extra={"aspect": float(rng.uniform(0.85, 1.15)), "sun_xy": sun_xy,
+                                                   "lobes": lobes})
     if kind == "pole":
         return SceneObject(OBSTACLE, "pole", x, y, heading, (0.3, 0.3, float(rng.uniform(5.0, 10.0))),
                            (_pick(rng, [(120, 120, 125), (60, 90, 120), (90, 90, 90)]),),
                            extra={"crossarm": bool(rng.random() < 0.5)})
-    dims = (float(rng.uniform(5, 12)), float(rng.uniform(4, 9)), float(rng.uniform(3, 7)))
+    dims = (float(rng.uniform(4, 10)), float(rng.uniform(3.5, 8)), float(rng.uniform(3, 7)))
     wall = _pick(rng, [(170, 180, 190), (120, 140, 170), (200, 200, 200), (100, 110, 120)])
     return SceneObject(OBSTACLE, "building", x, y, heading, dims, (wall, _pick(rng, _ROOF)),
                        extra={"gable": bool(rng.random() < 0.5)})
