@@ -107,3 +107,9 @@ def test_fastdds_profile_fits_a_1080p_frame_in_shared_memory():
     rtps = participant.find("f:rtps", ns)
     assert rtps.find("f:userTransports/f:transport_id", ns).text == transport.find("f:transport_id", ns).text
     assert rtps.find("f:useBuiltinTransports", ns).text == "true"
+
+
+def test_every_node_parameter_is_in_the_node_docs():
+    docs = (ROOT / "docs" / "node.md").read_text()
+    for name in SPECS:
+        assert f"| `{name}` |" in docs, name
