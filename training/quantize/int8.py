@@ -130,10 +130,13 @@ def quantizable_nodes(onnx_path: str, op_types: Sequence[str] = DEFAULT_OP_TYPES
 
 def copy_metadata(source_path: str, target_path: str,
                   extra: Optional[Mapping[str, Any]] = None) -> None:
-    """Copy ``metadata_props`` (the model contract) from source to target, ``extra`` merged."""
+    """Copy ``metadata_props`` (the model contract) from source to target, ``extra`` merged
+    into the contract's ``extra``."""
     source = onnx.load(source_path, load_external_data=False)
     target = onnx.load(target_path)
-    props = {p.key: p.value for p in source.metadata_props}
+    # Keep the target's own keys (e.g. ORT's pre-process marker), the source's win on clashes.
+    props = {p.key: p.value for p in target.metadata_props}
+    props.update({p.key: p.value for p in source.metadata_props})
     if extra and METADATA_KEY in props:
         contract = ModelContract.from_json(props[METADATA_KEY], source_path)
         merged = dict(contract.extra)
