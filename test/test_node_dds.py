@@ -17,7 +17,7 @@ from evit_perception.detector import Detector
 from evit_perception.image_conversion import compressed_to_bgr
 from support.reference_model import write_reference_model
 from support.ros_processes import (NodeProcess, RosPeer, camera_process, frame_header, image_message,
-                           stamp_key, synthetic_frame)
+                                   installed_executable, stamp_key, synthetic_frame)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -108,6 +108,45 @@ def test_reliable_camera_frames_come_back_with_header_and_backend_detections(
         peer.node.destroy_publisher(pub)
 
 
+def test_debug_image_while_subscribed_and_latched_label_info(raw_node, peer):
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import LabelInfo
+
+    labels = []
+    peer.node.create_subscription(  # a late subscriber still gets the latched class map
+        LabelInfo, "/label_info", labels.append,
+        QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    assert peer.spin_until(lambda: labels, 30), raw_node.output()
+    assert [c.class_name for c in labels[0].class_map] == ["person", "vehicle", "obstacle"]
+
+    debug = {}
+    peer.node.create_subscription(Image, "/detections/image",
+                                  lambda m: debug.setdefault(stamp_key(m.header.stamp), m), 1)
+    camera = peer.node.create_publisher(Image, "/dds/cam/image_raw",
+                                        QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        assert peer.wait_for_subscribers(camera, 30)
+        peer.spin_for(1.5)  # the node sees the debug subscriber (and re-checks the camera QoS)
+        frame = synthetic_frame(50, 640, 480)
+        header = frame_header(50)
+        key = stamp_key(header.stamp)
+        for _ in range(3):  # the node may be resubscribing to the camera right now
+            camera.publish(image_message(frame, header))
+            if peer.spin_until(lambda: key in debug, 10):
+                break
+        assert key in debug, raw_node.output()
+        msg = debug[key]
+        assert msg.header.frame_id == header.frame_id
+        assert (msg.height, msg.width, msg.encoding) == (480, 640, "bgr8")
+        drawn = np.frombuffer(bytes(msg.data), np.uint8).reshape(480, 640, 3)
+        changed = np.any(drawn != frame, axis=2)
+        assert 0 < changed.mean() < 0.2  # boxes and labels drawn, the image otherwise intact
+    finally:
+        peer.node.destroy_publisher(camera)
+
+
 def test_best_effort_1080p_camera_with_profile_is_answered_frame_by_frame(raw_node, peer, ros_env):
     received = _collect(peer, "/dds/detections")
     count = 6
@@ -131,14 +170,18 @@ def test_best_effort_1080p_camera_with_profile_is_answered_frame_by_frame(raw_no
         assert received[key].detections, "every synthetic frame has an object"
 
 
-def test_compressed_frames_are_answered(model_path, peer, local_detector, ros_env):
+def test_installed_node_answers_compressed_frames(model_path, peer, local_detector, ros_env):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CompressedImage
 
+    executable = installed_executable("evit_detector")
+    if executable is None:
+        pytest.skip("the package is not pip-installed here: no evit_detector console script")
     received = _collect(peer, "/cmp/detections")
+    # the installed console script this time (what `ros2 run evit_perception evit_detector` runs)
     node = NodeProcess(_node_params(model_path, input_type="compressed"),
                        {"image_raw": "/cmp/cam/image_raw", "detections": "/cmp/detections"},
-                       env=ros_env).start()
+                       env=ros_env, executable=executable).start()
     pub = peer.node.create_publisher(CompressedImage, "/cmp/cam/image_raw/compressed",
                                      QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
     try:

@@ -78,19 +78,27 @@ def format_parameter(value: Any) -> str:
     return str(value)
 
 
+def installed_executable(name: str = "evit_detector") -> Optional[str]:
+    """The console script pip installed beside this Python (``ros2 run`` runs the same file)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.is_file() else None
+
+
 class NodeProcess:
     """The detector node (or any rclpy entry module) run as a child process, output to a file."""
 
     def __init__(self, parameters: Optional[Dict[str, Any]] = None,
                  remappings: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None,
                  module: str = "evit_perception.detector_node",
-                 node_name: str = "evit_detector") -> None:
+                 node_name: str = "evit_detector", executable: Optional[str] = None) -> None:
         self.parameters = dict(parameters or {})
         self.remappings = dict(remappings or {})
         self.env = dict(os.environ if env is None else env)
         self.env["PYTHONUNBUFFERED"] = "1"
         self.env.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
         self.module = module
+        #: An installed console script (e.g. the venv's ``evit_detector``) instead of ``-m module``.
+        self.executable = executable
         self.node_name = node_name
         self._log = tempfile.NamedTemporaryFile(prefix="evit-node-", suffix=".log", delete=False)
         self.log_path = Path(self._log.name)
@@ -98,7 +106,8 @@ class NodeProcess:
 
     def command(self) -> List[str]:
         """The command line that starts the node."""
-        cmd = [sys.executable, "-m", self.module, "--ros-args", "-r", f"__node:={self.node_name}"]
+        start = [self.executable] if self.executable else [sys.executable, "-m", self.module]
+        cmd = start + ["--ros-args", "-r", f"__node:={self.node_name}"]
         for name, value in self.parameters.items():
             cmd += ["-p", f"{name}:={format_parameter(value)}"]
         for src, dst in self.remappings.items():
