@@ -170,6 +170,44 @@ def test_output_bag_carries_the_detections(tmp_path, model):
         np.testing.assert_allclose(np.sort(predicted[stamp].boxes, axis=0), np.sort(boxes.boxes, axis=0))
     with pytest.raises(BagError, match="overwrite the input bag"):
         evaluate_bag(bag, model, output_bag=bag, progress=False)
+    # The output bag evaluates again: its own detections are not mistaken for ground truth.
+    again = evaluate_bag(str(tmp_path / "out"), model, progress=False)
+    assert again["ground_truth"] == "topic /ground_truth/detections"
+    assert again["metrics"]["map50"] == pytest.approx(1.0)
+
+
+def test_numeric_class_ids_in_ground_truth_index_the_model_classes(tmp_path, model):
+    write_flight_bag(str(tmp_path / "bag"), square_frames(3), ("0", "1", "2"))
+    result = evaluate_bag(str(tmp_path / "bag"), model, progress=False)
+    assert result["metrics"]["map50"] == pytest.approx(1.0) and result["problems"] == []
+
+
+def _bag_with_truth_on(path: Path, source: str, topics) -> str:
+    """The squares bag with its ground truth copied onto ``topics`` (instead of its own)."""
+    from evit_perception.evaluation.bag_io import copy_connection
+
+    store = make_typestore()
+    writer = open_writer(str(path), "mcap")
+    with BagReader(source) as reader:
+        conns = {c.id: copy_connection(writer, store, c) for c in reader.connections
+                 if c.topic != "/ground_truth/detections"}
+        extra = [writer.add_connection(t, DETECTIONS_TYPE, typestore=store) for t in topics]
+        for conn, log_ns, raw in reader.raw_messages():
+            for target in ([conns[conn.id]] if conn.id in conns else extra):
+                writer.write(target, log_ns, raw)
+    writer.close()
+    return str(path)
+
+
+def test_ambiguous_ground_truth_topics_ask_for_one(tmp_path, model):
+    source = write_squares_bag(tmp_path / "bag", count=2)
+    two = _bag_with_truth_on(tmp_path / "two", source, ["/a/detections", "/b/detections"])
+    with pytest.raises(BagError, match=r"several Detection2DArray topics \['/a/detections', '/b/detections'\].*--gt-topic"):
+        evaluate_bag(two, model, progress=False)
+    picked = evaluate_bag(two, model, gt_topic="/b/detections", progress=False)
+    assert picked["ground_truth"] == "topic /b/detections" and picked["metrics"]["map50"] == pytest.approx(1.0)
+    named = _bag_with_truth_on(tmp_path / "named", source, ["/tracker/detections", "/gt/detections"])
+    assert evaluate_bag(named, model, progress=False)["ground_truth"] == "topic /gt/detections"
 
 
 def test_cli_eval_bag(tmp_path, model):
@@ -187,7 +225,6 @@ def test_cli_eval_bag(tmp_path, model):
 
 
 def test_cli_make_bag(tmp_path):
-    pytest.importorskip("evit_training.data.flight", reason="the flight generator is not written yet")
     from typer.testing import CliRunner
 
     from evit_training.cli import app

@@ -148,6 +148,14 @@ def test_bare_mcap_file_opens(tmp_path):
         assert len(list(reader.iter_frames(reader.image_topic()))) == 2
 
 
+def test_bag_folder_without_metadata_reads_its_storage_file(tmp_path):
+    write_squares_bag(tmp_path / "bag", count=2, storage="sqlite3")
+    (tmp_path / "bag" / "metadata.yaml").unlink()
+    with BagReader(str(tmp_path / "bag")) as reader:
+        assert len(list(reader.iter_frames(reader.image_topic()))) == 2
+        assert reader.problems == [f"bag {tmp_path / 'bag'} has no metadata.yaml; read bag.db3 directly"]
+
+
 # -- bad bags -------------------------------------------------------------------------------
 def test_missing_bag_path(tmp_path):
     with pytest.raises(BagError, match="does not exist"):

@@ -33,6 +33,8 @@ from evit_perception.evaluation.bag_io import (
 SCORE_FLOOR = 0.01
 EVAL_NAMESPACE = "/evit_eval"
 STRIP_FRAMES = 6
+#: Where ``--output-bag`` puts the detections (and what ground-truth auto-detection skips).
+OUTPUT_DETECTIONS_TOPIC = "/evit/detections"
 
 
 @dataclass
@@ -88,7 +90,7 @@ def evaluate_bag(bag: str, model: str, image_topic: Optional[str] = None,
                       class_names, progress)
         else:
             frames = _run_direct(reader, topic, model, backend, max_frames, progress)
-        truth = _load_ground_truth(reader, frames, gt_topic, gt_coco)
+        truth = _load_ground_truth(reader, frames, gt_topic, gt_coco, class_names)
         result = _assemble(bag, model, topic, "live" if live else "direct", rate if live else None,
                            frames, truth, class_names, score_threshold, reader.problems)
         if output_bag:
@@ -249,22 +251,40 @@ def _class_index(class_id: str, class_names: Sequence[str]) -> int:
 
 # -- ground truth -----------------------------------------------------------------------
 def _load_ground_truth(reader: BagReader, frames: List[FrameRecord], gt_topic: Optional[str],
-                       gt_coco: Optional[str]) -> Optional[GroundTruth]:
+                       gt_coco: Optional[str], class_names: Sequence[str]) -> Optional[GroundTruth]:
     if gt_coco:
         return _truth_from_coco(gt_coco, frames, reader)
-    topic = reader.find_topic(gt_topic, (DETECTIONS_TYPE,), "ground-truth")
+    topic = gt_topic or _auto_truth_topic(reader)
     if topic is None:
         return None
+    reader.require_topic(topic, (DETECTIONS_TYPE,))
     names: List[str] = []
     by_stamp: Dict[int, Tuple[np.ndarray, List[int]]] = {}
     for stamp, boxes in reader.read_detections(topic).items():
         labels = []
         for cid in boxes.class_ids:
+            # Numeric ids index the model's classes (some publishers send indices, not names).
+            if cid.isdigit() and int(cid) < len(class_names):
+                cid = class_names[int(cid)]
             if cid not in names:
                 names.append(cid)
             labels.append(names.index(cid))
         by_stamp[stamp] = (boxes.boxes, labels)
     return GroundTruth(f"topic {topic}", names, by_stamp)
+
+
+def _auto_truth_topic(reader: BagReader) -> Optional[str]:
+    """The bag's ground-truth topic when unambiguous: its only Detection2DArray topic other
+    than detections written by ``--output-bag``, or the one named like ground truth."""
+    topics = sorted(n for n, (t, _) in reader.topics().items()
+                    if t == DETECTIONS_TYPE and n != OUTPUT_DETECTIONS_TOPIC)
+    if len(topics) <= 1:
+        return topics[0] if topics else None
+    named = [t for t in topics if "ground_truth" in t or "/gt" in t]
+    if len(named) == 1:
+        return named[0]
+    raise BagError(f"bag {reader.path} has several Detection2DArray topics {topics}; "
+                   "choose the ground truth with --gt-topic")
 
 
 def _truth_from_coco(path: str, frames: List[FrameRecord], reader: BagReader) -> GroundTruth:
@@ -379,7 +399,7 @@ def _assemble(bag: str, model: str, topic: str, mode: str, rate: Optional[float]
 
 
 def write_output_bag(reader: BagReader, topic: str, frames: Sequence[FrameRecord],
-                     class_names: Sequence[str], path: str, detections_topic: str = "/evit/detections") -> str:
+                     class_names: Sequence[str], path: str, detections_topic: str = OUTPUT_DETECTIONS_TOPIC) -> str:
     """A copy of the bag with the detections added on ``detections_topic`` (for Foxglove/RViz)."""
     target = Path(path)
     if target.resolve() == Path(reader.path).resolve():

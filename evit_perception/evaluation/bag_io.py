@@ -119,6 +119,14 @@ class BagReader:
 
         if not path.exists():
             raise BagError(f"bag {path} does not exist")
+        if path.is_dir() and not (path / "metadata.yaml").exists():
+            # A bag folder that lost its metadata.yaml: its single storage file still reads.
+            files = sorted(path.glob("*.mcap")) + sorted(path.glob("*.db3"))
+            if len(files) != 1:
+                raise BagError(f"bag {path} has no metadata.yaml and {len(files)} storage files "
+                               "(.mcap/.db3); give the storage file itself")
+            self.problems.append(f"bag {path} has no metadata.yaml; read {files[0].name} directly")
+            path = files[0]
         try:
             reader = Reader(path)
             reader.open()
@@ -270,7 +278,7 @@ class BagReader:
             try:
                 msg = self.deserialize(raw, msgtype)
                 bgr = decode(msg)
-            except (ImageConversionError, ValueError, struct.error) as exc:
+            except (ImageConversionError, ValueError, IndexError, struct.error) as exc:
                 undecodable += 1
                 if undecodable == 1:
                     self._note(f"topic {topic!r}: frame at {log_ns} ns cannot be decoded ({exc})")
