@@ -107,3 +107,20 @@ def test_node_without_a_model_answers_nothing_and_its_log_says_why(tmp_path):
         assert "missing.onnx" in node.log_tail()
     finally:
         node.stop()
+
+
+def test_quick_demo_runs_every_stage_end_to_end(tmp_path):
+    from evit_training.demo import run_demo
+
+    report = run_demo(str(tmp_path / "demo"), quick=True, frames=4, rate=2.0)
+    assert report["ok"], report["stages"]
+    assert [s["status"] for s in report["stages"]] == ["ran"] * 4, report["stages"]
+    assert report["model"].endswith("model_int8.onnx")
+    evaluation = report["bag_evaluation"]
+    assert evaluation["mode"] == "live" and evaluation["frames_read"] == 4
+    assert evaluation["frames_answered"] + evaluation["dropped_frames"] == 4
+    assert evaluation["metrics"] is not None
+    markdown = (tmp_path / "demo" / "demo_report.md").read_text()
+    assert "## Compression report" in markdown and "## Bag evaluation (live)" in markdown
+    assert (tmp_path / "demo" / "bag_eval" / "frames.png").is_file()
+    assert (tmp_path / "demo" / "flight_with_detections" / "metadata.yaml").is_file()

@@ -206,6 +206,14 @@ def _markdown(report: Dict[str, Any]) -> str:
                          for line in markdown(report["compression"]).splitlines()]
     evaluation = report.get("bag_evaluation")
     if evaluation and (evaluation.get("files") or {}).get("markdown"):
-        rel = os.path.relpath(evaluation["files"]["markdown"], report["out"])
-        lines += ["", "## Bag evaluation", "", f"See [{rel}]({rel})."]
+        from evit_perception.evaluation.bag_eval import format_markdown
+
+        folder = os.path.relpath(os.path.dirname(evaluation["files"]["markdown"]), report["out"])
+        lines.append("")
+        for line in format_markdown(evaluation).splitlines():
+            if line.startswith("# "):
+                line = "#" + line
+            elif line.startswith("!["):  # images live beside the evaluation's own files
+                line = line.replace("](", f"]({folder}/", 1)
+            lines.append(line)
     return "\n".join(lines) + "\n"
