@@ -376,6 +376,9 @@ def _assemble(bag: str, model: str, topic: str, mode: str, rate: Optional[float]
                                                 for f in answered)) for i, n in enumerate(class_names)}},
         "ground_truth": truth.source if truth else None,
         "metrics": None, "problems": list(problems),
+        "per_frame": [{"index": f.index, "stamp_ns": f.stamp_ns, "answered": f.answered,
+                       "latency_ms": None if f.latency_ms is None else round(f.latency_ms, 3),
+                       "detections": int(np.sum(f.scores >= score_threshold))} for f in frames],
     }
     if truth is None:
         result["problems"].append("no ground truth (no Detection2DArray topic, no --gt): "
