@@ -161,7 +161,11 @@ def _run_direct(reader: BagReader, topic: str, model: str, backend: str,
 def _run_live(reader: BagReader, topic: str, frames: List[FrameRecord], model: str, backend: str,
               rate: float, max_frames: Optional[int], node_timeout_s: float,
               class_names: Sequence[str], progress: bool) -> None:
-    from evit_perception.evaluation.replay import BagReplayer
+    try:
+        import rclpy  # noqa: F401  (the replayer and the node both need ROS 2)
+        from evit_perception.evaluation.replay import BagReplayer
+    except ImportError as exc:
+        raise BagError(f"--live needs ROS 2 (rclpy and the message packages) in this Python: {exc}") from exc
 
     compressed = reader.topics()[topic][0] == COMPRESSED_IMAGE_TYPE
     # The node reads compressed frames from <image_topic>/compressed (image_transport naming).
