@@ -73,8 +73,9 @@ def evaluate_bag(bag: str, model: str, image_topic: Optional[str] = None,
                  progress: bool = True) -> Dict[str, Any]:
     """Evaluate ``model`` on ``bag``; returns the result dict (also written under ``out_dir``).
 
-    ``gt_topic`` and ``gt_coco`` are exclusive; with neither, a single Detection2DArray topic
-    in the bag is used as ground truth if there is one.
+    ``gt_topic`` and ``gt_coco`` are exclusive; with neither, the bag's ground-truth topic is
+    found if unambiguous (see docs/evaluation.md). Raises :class:`BagError` for bags, topics
+    or ground truth that cannot be used; lesser problems are listed in ``result["problems"]``.
     """
     if gt_topic and gt_coco:
         raise BagError("give ground truth as --gt-topic or --gt (COCO JSON), not both")
@@ -94,7 +95,9 @@ def evaluate_bag(bag: str, model: str, image_topic: Optional[str] = None,
         result = _assemble(bag, model, topic, "live" if live else "direct", rate if live else None,
                            frames, truth, class_names, score_threshold, reader.problems)
         if output_bag:
+            known = len(reader.problems)
             result["output_bag"] = write_output_bag(reader, topic, frames, class_names, output_bag)
+            result["problems"] += reader.problems[known:]
     result["wall_s"] = round(time.monotonic() - started, 2)
     if out_dir:
         result["files"] = write_reports(result, frames, truth, class_names, out_dir)
@@ -103,9 +106,18 @@ def evaluate_bag(bag: str, model: str, image_topic: Optional[str] = None,
 
 # -- frames and detections --------------------------------------------------------------
 def _model_class_names(model: str, backend: str) -> List[str]:
-    from evit_perception.backends import open_backend
+    """The model's class names, read without building a TensorRT engine."""
+    from evit_perception.backends import is_engine_file, open_backend
+    from evit_perception.model_contract import ModelContract, sidecar_path
 
-    be = open_backend(model, backend, intra_op_num_threads=1)
+    if is_engine_file(model):
+        try:
+            with open(sidecar_path(model)) as fh:
+                return list(ModelContract.from_json(fh.read(), model).class_names)
+        except OSError as exc:
+            raise BagError(f"engine {model} has no readable contract sidecar "
+                           f"{sidecar_path(model)} ({exc})") from exc
+    be = open_backend(model, "onnxruntime", intra_op_num_threads=1)
     try:
         return list(be.contract.class_names)
     finally:
