@@ -243,3 +243,22 @@ def test_cli_make_bag(tmp_path):
 def reader_gt(path: Path):
     with BagReader(str(path)) as reader:
         return reader.read_detections("/ground_truth/detections")
+
+
+def test_engine_without_sidecar_or_tensorrt_is_named(tmp_path):
+    from evit_perception.backends import BackendError
+    from support.reference_model import reference_contract
+
+    bag = write_squares_bag(tmp_path / "bag", count=1)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not really an engine")
+    with pytest.raises(BagError, match="no readable contract sidecar .*model.engine.json"):
+        evaluate_bag(bag, str(engine), progress=False)
+    (tmp_path / "model.engine.json").write_text(reference_contract().to_json())
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed: this case is about machines without it")
+    except ImportError:
+        pass
+    with pytest.raises(BackendError, match="(?i)tensorrt"):
+        evaluate_bag(bag, str(engine), progress=False)
