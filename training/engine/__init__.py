@@ -1,0 +1,1 @@
+"""Training engine: the Trainer, CenterNet losses, evaluation, DDP context."""

@@ -1,0 +1,82 @@
+"""COCO evaluation of a torch detector on a DetectionDataset (boxes back in source pixels)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from evit_perception.preprocess import ImageTransform
+
+from evit_training.models.checkpoint import unwrap
+from evit_training.models.decode import decode_detections
+
+
+def letterbox_transform(orig_size: Sequence[int], input_size: int) -> ImageTransform:
+    """The transform ``evit_perception.preprocess.letterbox`` applies to a ``(h, w)`` image
+    (same rounding), without needing the image."""
+    src_h, src_w = int(orig_size[0]), int(orig_size[1])
+    ratio = min(input_size / src_h, input_size / src_w)
+    new_w = max(1, min(input_size, int(round(src_w * ratio))))
+    new_h = max(1, min(input_size, int(round(src_h * ratio))))
+    left, top = (input_size - new_w) // 2, (input_size - new_h) // 2
+    return ImageTransform(new_w / src_w, new_h / src_h, float(left), float(top), src_w, src_h)
+
+
+def _transform_for(target: Dict[str, Any], input_size: int) -> ImageTransform:
+    if isinstance(target.get("transform"), ImageTransform):
+        return target["transform"]
+    if "orig_size" not in target:
+        raise KeyError("dataset targets need 'orig_size' (h, w) or 'transform' to map boxes back")
+    return letterbox_transform(target["orig_size"], input_size)
+
+
+def _category_ids(gt: Dict[str, Any], num_classes: int) -> List[int]:
+    cats = sorted(gt["categories"], key=lambda c: int(c["id"]))
+    if len(cats) != num_classes:
+        raise ValueError(f"dataset has {len(cats)} categories but the model predicts {num_classes} classes")
+    return [int(c["id"]) for c in cats]
+
+
+@torch.no_grad()
+def predict_dataset(model: nn.Module, dataset, batch_size: int = 16, max_detections: int = 100,
+                    score_threshold: float = 0.001, device: Optional[torch.device] = None,
+                    progress: bool = True) -> List[Dict[str, Any]]:
+    """COCO-style predictions ``[{"image_id", "category_id", "bbox" xywh source px, "score"}]``."""
+    net = unwrap(model)
+    device = device or next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    cat_ids = _category_ids(dataset.coco_gt(), len(net.config["class_names"]))
+    input_size = int(net.config["input_size"])
+    preds: List[Dict[str, Any]] = []
+    n = len(dataset)
+    for lo in tqdm(range(0, n, batch_size), desc="evaluate", unit="batch", disable=not progress, leave=False):
+        items: List[Tuple[torch.Tensor, Dict[str, Any]]] = [dataset[i] for i in range(lo, min(n, lo + batch_size))]
+        images = torch.stack([torch.as_tensor(im) for im, _ in items]).to(device)
+        dets = decode_detections(net(images), net.stride, max_detections).float().cpu().numpy()
+        for (_, target), rows in zip(items, dets):
+            rows = rows[rows[:, 4] >= score_threshold]
+            boxes = _transform_for(target, input_size).to_source(rows[:, :4])
+            image_id = int(target["image_id"])
+            for box, score, cls in zip(boxes, rows[:, 4], rows[:, 5]):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                if x2 <= x1 or y2 <= y1:
+                    continue
+                preds.append({"image_id": image_id, "category_id": cat_ids[int(cls)],
+                              "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    net.train(was_training)
+    return preds
+
+
+def evaluate_model(model: nn.Module, dataset, batch_size: int = 16, max_detections: int = 100,
+                   device: Optional[torch.device] = None, progress: bool = True,
+                   score_threshold: float = 0.3) -> Dict[str, Any]:
+    """Torch inference over ``dataset`` -> ``coco_metrics.evaluate_detections`` dict
+    (``map50``, ``map50_95``, per-class AP, P/R at ``score_threshold``)."""
+    from evit_perception.evaluation.coco_metrics import evaluate_detections
+
+    preds = predict_dataset(model, dataset, batch_size, max_detections, 0.001, device, progress)
+    return evaluate_detections(dataset.coco_gt(), preds, score_threshold=score_threshold)
