@@ -22,9 +22,14 @@ def _backend():
         from faster_coco_eval import COCO, COCOeval_faster
         return COCO, COCOeval_faster, "faster-coco-eval"
     except ImportError:  # pragma: no cover - depends on the installation
+        pass
+    try:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
-        return COCO, COCOeval, "pycocotools"
+    except ImportError:
+        raise ImportError("COCO metrics need faster-coco-eval (pip install faster-coco-eval) "
+                          "or pycocotools (pip install pycocotools); neither is installed") from None
+    return COCO, COCOeval, "pycocotools"
 
 
 def _validate_gt(gt: Mapping[str, Any]) -> None:

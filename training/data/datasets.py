@@ -115,8 +115,9 @@ class BaseDetectionDataset(Dataset):
         boxes_in = transform.to_input(boxes)
         s = float(self.input_size)
         boxes_in = np.clip(boxes_in, 0.0, s)
-        keep = ((boxes_in[:, 2] - boxes_in[:, 0]) >= MIN_BOX_SIDE) & ((boxes_in[:, 3] - boxes_in[:, 1]) >= MIN_BOX_SIDE) \
-            if self.train else np.ones(len(boxes_in), bool)
+        # augmentation may shrink boxes below the minimum; evaluation keeps every non-empty box
+        min_side = MIN_BOX_SIDE if self.train else 1e-6
+        keep = ((boxes_in[:, 2] - boxes_in[:, 0]) >= min_side) & ((boxes_in[:, 3] - boxes_in[:, 1]) >= min_side)
         rgb = np.ascontiguousarray(canvas[..., ::-1].transpose(2, 0, 1))
         image = torch.from_numpy(rgb).float().div_(255.0)
         target = {"boxes": torch.from_numpy(boxes_in[keep].astype(np.float32)).reshape(-1, 4),
@@ -288,12 +289,14 @@ class DetectionDataset(BaseDetectionDataset):
             anns = per_image.get(image_id, [])
             boxes = np.asarray([b for b, _ in anns], np.float32).reshape(-1, 4)
             w, h = im.get("width"), im.get("height")
-            if w is not None and h is not None:
+            labels = np.asarray([lab for _, lab in anns], np.int64)
+            if w is not None and h is not None:  # boxes reaching past the image are clipped to it
                 np.clip(boxes[:, 0::2], 0, float(w), out=boxes[:, 0::2])
                 np.clip(boxes[:, 1::2], 0, float(h), out=boxes[:, 1::2])
+                inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+                boxes, labels = boxes[inside], labels[inside]
             records.append(ImageRecord(image_id, images_root / name, None if w is None else int(w),
-                                       None if h is None else int(h), boxes,
-                                       np.asarray([lab for _, lab in anns], np.int64)))
+                                       None if h is None else int(h), boxes, labels))
         super().__init__(records, class_names, input_size, train, str(ann_path), vertical_flip)
         self.annotations_path = ann_path
         self.images_dir = images_root

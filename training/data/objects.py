@@ -291,17 +291,20 @@ def sun_direction(azimuth: float, elevation: float) -> np.ndarray:
 
 def render_objects(image: np.ndarray, camera: PinholeCamera, objects: Sequence[SceneObject],
                    sun_dir: np.ndarray, shadow_strength: float = 0.45,
-                   margin: int = 64) -> Tuple[np.ndarray, np.ndarray, List[int]]:
+                   margin: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, List[int]]:
     """Paint shadows and objects into ``image`` (in place); return exact boxes.
 
     Objects are painted far to near. An object is kept when at least
     :data:`MIN_VISIBLE_FRACTION` of the pixels it covered when drawn (counted on a canvas
-    extending ``margin`` px beyond the image, so leaving the frame counts as hidden) remain
+    extending ``margin`` px beyond the image - by default a quarter of the larger side, at
+    least 64 - so leaving the frame counts as hidden) remain
     visible inside the image, and its visible box is at least :data:`MIN_BOX_SIDE` px wide
     and high. Returns ``(boxes xyxy float32 (N, 4), labels int64 (N,), indices of kept
     objects)``; boxes are pixel-edge coordinates (a one-pixel object at column 5 spans 5..6).
     """
     h, w = image.shape[:2]
+    if margin is None:
+        margin = max(64, max(h, w) // 4)
     projected = []
     shadow = np.zeros((h, w), np.uint8)
     for idx, obj in enumerate(objects):
