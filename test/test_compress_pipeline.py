@@ -69,7 +69,10 @@ def test_pruned_checkpoint_and_exports_agree(tiny_run):
     session = ort.InferenceSession(str(pipeline.onnx("finetune")), providers=["CPUExecutionProvider"])
     out = session.run(None, {"images": x.numpy()})[0]
     assert out.shape == ref.shape
-    assert np.abs(out - ref).max() < 1e-3
+    # Rows are sorted by score; zero-score padding rows tie, so compare the scored ones.
+    keep = ref[0, :, 4] > 0.01
+    assert keep.any()
+    assert np.abs(out[0, keep] - ref[0, keep]).max() < 1e-3
 
 
 def test_int8_model_runs_in_the_node_detector(tiny_run):

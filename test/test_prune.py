@@ -112,3 +112,22 @@ def test_pruned_detector_checkpoint_reloads_without_original_config(tmp_path):
     for key in ("heatmap", "size", "offset"):
         assert torch.allclose(a[key], b[key], atol=1e-6)
     assert count_macs_params(reloaded, x)[0] < macs0
+
+
+def test_detector_head_hidden_channels_shrink_together(tmp_path):
+    from evit_training.prune.vit_pruning import head_hidden_layers
+
+    torch.manual_seed(0)
+    model = create_detector("test_micro", head_channels=32).eval()
+    hidden = head_hidden_layers(model)
+    assert model.head.heatmap[-1] not in hidden and model.head.neck[0] in hidden
+    x = torch.rand(1, 3, 64, 64)
+    prune_vit(model, x, target_macs_ratio=0.5, progress=False)
+    widths = {m.out_channels for m in head_hidden_layers(model)}
+    assert len(widths) == 1 and widths.pop() < 32, "one common, smaller head width"
+    assert model.config["head_channels"] < 32
+    out = model(x)
+    assert out["heatmap"].shape == (1, 3, 16, 16) and out["size"].shape == (1, 2, 16, 16)
+    reloaded = load_model(save_checkpoint(model, tmp_path / "p.pt"))
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x)["heatmap"], model.eval()(x)["heatmap"], atol=1e-6)

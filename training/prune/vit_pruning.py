@@ -137,6 +137,7 @@ def prune_vit(
     max_head_ratio: float = 0.5,
     prune_heads: bool = True,
     round_to: Optional[int] = 8,
+    prune_head: bool = True,
     loss_fn: Optional[Callable[[nn.Module], torch.Tensor]] = None,
     progress: bool = True,
 ) -> PruneResult:
@@ -148,6 +149,11 @@ def prune_vit(
     important heads of a block go first); the run stops at the first step that meets the
     target. ``loss_fn(model)`` is
     required for Taylor importance (gradients are taken on it before each step).
+
+    With ``prune_head`` the hidden channels of a detector's dense head (see
+    :func:`head_hidden_layers`) shrink in step with the MLP width, all to one common width so
+    the head stays describable by a single ``head_channels``; its output convolutions keep
+    their channels.
     """
     if (target_macs_ratio is None) == (target_params_ratio is None):
         raise ValueError("give exactly one of target_macs_ratio / target_params_ratio")
@@ -165,10 +171,14 @@ def prune_vit(
     blocks = list(backbone.blocks)
     init_heads = [int(b.attn.num_heads) for b in blocks]
     init_hidden = [int(b.mlp.fc1.out_features) for b in blocks]
-    prunable = [b.mlp.fc1 for b in blocks] + ([b.attn.qkv for b in blocks] if prune_heads else [])
-    # Everything else keeps its output width: the residual stream, patch embed, heads.
-    ignored = [m for m in backbone.modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d)) and all(m is not p for p in prunable)]
+    head_layers = head_hidden_layers(model) if prune_head else []
+    init_head_width = [_out_channels(m) for m in head_layers]
+    prunable = [b.mlp.fc1 for b in blocks] + ([b.attn.qkv for b in blocks] if prune_heads else []) + head_layers
+    # The dependency graph spans the whole detector when its head is pruned too.
+    root = model if head_layers else backbone
+    # Everything else keeps its output width: the residual stream, patch embed, outputs.
+    ignored = [m for m in root.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and all(m is not p for p in prunable)]
 
     history: List[Dict[str, float]] = []
     macs, params = macs0, params0
@@ -186,7 +196,7 @@ def prune_vit(
             hidden = block.mlp.fc1.out_features
             want = max(_round_down(hidden0 * (1.0 - ratio), round_to), 1)
             if want < hidden:
-                width_plan[block.mlp.fc1] = (hidden - want) / hidden
+                width_plan[block.mlp.fc1] = _fraction(hidden, want)
             if prune_heads:
                 heads = int(block.attn.num_heads)
                 want_heads = max(int(round(heads0 * (1.0 - head_ratio))), 1)
@@ -195,13 +205,20 @@ def prune_vit(
                     frac = (heads - want_heads) / heads - 1e-6
                     head_plan[block.attn.qkv] = frac
                     width_plan[block.attn.qkv] = frac
+        for layer, width0 in zip(head_layers, init_head_width):
+            want = max(_round_down(width0 * (1.0 - ratio), round_to), 1)
+            if want < _out_channels(layer):
+                width_plan[layer] = _fraction(_out_channels(layer), want)
         if not width_plan:
             continue
         if importance == "taylor":
             model.zero_grad()
             loss_fn(model).backward()
+            for param in model.parameters():  # layers the loss does not reach score zero
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
         pruner = tp.pruner.BasePruner(
-            backbone, example_inputs, importance=make_importance(importance),
+            root, example_inputs, importance=make_importance(importance),
             pruning_ratio=0.0, pruning_ratio_dict=width_plan, iterative_steps=1,
             ignored_layers=ignored + [m for m in prunable if m not in width_plan],
             num_heads={b.attn.qkv: int(b.attn.num_heads) for b in blocks} if prune_heads else {},
@@ -236,6 +253,35 @@ def prune_vit(
     _record_arch(model)
     return PruneResult(arch=pruned_architecture(model), params_before=params0, params_after=params,
                        macs_before=macs0, macs_after=macs, steps=steps, history=history)
+
+
+def head_hidden_layers(model: nn.Module) -> List[nn.Module]:
+    """Convolutions inside ``model.head`` whose output channels are internal to the head.
+
+    Every branch's last convolution produces the detector's outputs and is left alone; so
+    is a model without a convolutional ``head``.
+    """
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module) or not hasattr(model, "backbone"):
+        return []
+    convs = [m for m in head.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    outputs = []
+    for name, branch in head.named_children():
+        if name == "neck":
+            continue
+        branch_convs = [m for m in branch.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        if branch_convs:
+            outputs.append(branch_convs[-1])
+    return [m for m in convs if all(m is not o for o in outputs)]
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return int(layer.out_channels if hasattr(layer, "out_channels") else layer.out_features)
+
+
+def _fraction(current: int, want: int) -> float:
+    # A hair under the exact fraction so Torch-Pruning's int() keeps exactly ``want``.
+    return (current - want) / current - 1e-9
 
 
 def _round_down(value: float, multiple: Optional[int]) -> int:
