@@ -181,13 +181,19 @@ def test_installed_node_answers_compressed_frames(model_path, peer, local_detect
     # the installed console script this time (what `ros2 run evit_perception evit_detector` runs)
     node = NodeProcess(_node_params(model_path, input_type="compressed"),
                        {"image_raw": "/cmp/cam/image_raw", "detections": "/cmp/detections"},
-                       env=ros_env, executable=executable).start()
+                       env=ros_env, executable=executable, node_name="evit_compressed").start()
     pub = peer.node.create_publisher(CompressedImage, "/cmp/cam/image_raw/compressed",
                                      QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
     try:
         assert peer.wait_for_subscribers(pub, 60), node.output()
         assert node.wait_for_output("subscribing reliable", 30), node.output()
         assert peer.wait_for_subscribers(pub, 30)
+        for i in range(2):  # a corrupt JPEG: said once, and the node goes on
+            broken = CompressedImage(header=frame_header(90 + i), format="jpeg")
+            broken.data = b"\xff\xd8\xff\xe0 not really a jpeg"
+            pub.publish(broken)
+            peer.spin_for(0.3)
+        assert node.wait_for_output("could not be decoded", 15), node.output()
         for i in range(3):
             ok, jpeg = cv2.imencode(".jpg", synthetic_frame(i, 640, 480), [cv2.IMWRITE_JPEG_QUALITY, 95])
             assert ok
@@ -203,3 +209,4 @@ def test_installed_node_answers_compressed_frames(model_path, peer, local_detect
         peer.node.destroy_publisher(pub)
         code = node.stop()
     assert code == 0, node.output()
+    assert node.count("could not be decoded") == 1, node.output()
