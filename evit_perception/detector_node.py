@@ -95,7 +95,7 @@ class DetectorNode(Node):
         try:
             self._install_detector(self._open_detector(s["model_path"], s["backend"], s,
                                                        strict_classes=False))
-        except (BackendError, ModelContractError) as exc:
+        except (BackendError, ValueError) as exc:  # ModelContractError is a ValueError
             self._health.model_failed(str(exc))
             log.error(f"no model loaded: {exc}. The node keeps running without detections; "
                       "set the parameter 'model_path' to a valid model to start detecting.")
@@ -330,7 +330,7 @@ class DetectorNode(Node):
             if "model_path" in updates or "backend" in updates:
                 try:
                     detector = self._open_detector(settings["model_path"], settings["backend"], settings)
-                except (BackendError, ModelContractError) as exc:
+                except (BackendError, ValueError) as exc:
                     raise ValueError(f"model not loaded, keeping the current one: {exc}")
                 self._install_detector(detector)
             else:
