@@ -1,0 +1,186 @@
+"""Data-free KD: the generator, the adversarial loop, resume, the config entry point.
+
+Tiny timm ViTs run real generator and student steps on CPU; nothing is mocked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+import yaml  # noqa: E402
+
+from evit_training.classification import create_classifier, load_classifier, save_classifier  # noqa: E402
+from evit_training.distill.data_free import (DataFreeConfig, DataFreeDistiller, _kl,  # noqa: E402
+                                             patch_similarity_entropy, run_from_config)
+from evit_training.distill.generator import TransformerGenerator  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _tiny_cfg(**overrides) -> DataFreeConfig:
+    base = dict(steps=6, batch_size=8, generator_patch_size=8, generator_latent_dim=8, generator_embed_dim=16,
+                generator_depth=1, generator_heads=2, memory_bank_size=32, grid_every=3, checkpoint_every=2,
+                log_every=1, stats_batches=1, seed=3)
+    base.update(overrides)
+    return DataFreeConfig(**base)
+
+
+def _pair(seed: int = 0):
+    torch.manual_seed(seed)
+    teacher = create_classifier("digits_micro", embed_dim=32)
+    student = create_classifier("digits_micro")
+    return teacher, student
+
+
+@pytest.mark.parametrize("num_classes,chans,size,patch", [(0, 3, 64, 8), (10, 1, 32, 4)])
+def test_generator_output_shape_and_range(num_classes, chans, size, patch):
+    gen = TransformerGenerator(image_size=size, out_chans=chans, patch_size=patch, latent_dim=8, embed_dim=16,
+                               depth=1, num_heads=2, num_classes=num_classes)
+    latent = gen.sample_latent(6, torch.Generator().manual_seed(0))
+    labels = torch.arange(6) % num_classes if num_classes else None
+    # Push the pixel head far out of range: the fixed output normalisation must still hold.
+    with torch.no_grad():
+        gen.to_pixels.weight.mul_(100.0)
+        gen.to_pixels.bias.add_(50.0)
+    images = gen(latent, labels)
+    assert images.shape == (6, chans, size, size)
+    assert float(images.min().detach()) >= 0.0 and float(images.max().detach()) <= 1.0
+    assert float(images.std().detach()) > 0.05, "images collapsed to a constant"
+    gen.eval()
+    assert gen(latent, labels).shape == (6, chans, size, size)
+
+
+def test_generator_rejects_bad_input():
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerGenerator(image_size=30, patch_size=4)
+    gen = TransformerGenerator(image_size=32, out_chans=1, patch_size=8, latent_dim=8, embed_dim=16, depth=1,
+                               num_heads=2, num_classes=10)
+    with pytest.raises(ValueError, match="latent must be"):
+        gen(torch.zeros(2, 5, 8), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="class-conditional"):
+        gen(gen.sample_latent(2))
+
+
+def test_patch_similarity_entropy_prefers_diverse_tokens():
+    gen = torch.Generator().manual_seed(0)
+    diverse = torch.randn(4, 16, 32, generator=gen)
+    collapsed = torch.ones(4, 16, 32) + 0.01 * torch.randn(4, 16, 32, generator=gen)
+    assert patch_similarity_entropy(diverse) > patch_similarity_entropy(collapsed)
+
+
+def test_few_steps_write_grids_checkpoint_and_history(tmp_path):
+    teacher, student = _pair()
+    distiller = DataFreeDistiller(teacher, student, _tiny_cfg(), tmp_path, show_progress=False)
+    distiller.fit()
+    assert distiller.step == 6
+    assert (tmp_path / "last.pt").is_file()
+    grids = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
+    assert grids == ["step_000003.png", "step_000006.png"]
+    assert (tmp_path / "samples" / "step_000003.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = distiller.history
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    for key in ("g_adversarial", "g_confidence", "g_balance", "g_stats", "g_patch_sim", "s_kl", "s_feature"):
+        assert all(torch.isfinite(torch.tensor(h[key])) for h in history), key
+    assert distiller.bank.count == 32   # 6 fresh batches of 8 (ring buffer full)
+    # The teacher stays frozen; only the student and generator learn.
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_student_loss_falls_on_fixed_seed(tmp_path):
+    teacher, student = _pair(seed=1)
+    cfg = _tiny_cfg(steps=40, batch_size=16, grid_every=100, checkpoint_every=100, lr_student=3e-3, cutmix_prob=0.0)
+    distiller = DataFreeDistiller(teacher, student, cfg, tmp_path, show_progress=False)
+    # The same probe images before and after: the final generator's output.
+    initial = create_classifier("digits_micro")
+    initial.load_state_dict(student.state_dict())
+    distiller.fit()
+    probe = distiller.synthesize(64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        t = teacher(probe)
+        before = float(_kl(initial(probe), t, cfg.temperature))
+        after = float(_kl(student(probe), t, cfg.temperature))
+    assert after < 0.7 * before, (before, after)
+    first = sum(h["s_kl"] for h in distiller.history[:5]) / 5
+    last = sum(h["s_kl"] for h in distiller.history[-5:]) / 5
+    assert last < first, (first, last)
+
+
+def test_resume_reaches_the_same_state(tmp_path):
+    def run(out: Path, stops):
+        teacher, student = _pair(seed=2)
+        distiller = None
+        for stop in stops:   # a fresh distiller per leg, as after a crash
+            if distiller is not None:
+                distiller.close()
+                _, student = _pair(seed=99)   # student weights must come from the checkpoint
+            distiller = DataFreeDistiller(teacher, student, _tiny_cfg(steps=6, checkpoint_every=100), out,
+                                          show_progress=False)
+            distiller.fit(until_step=stop)
+        return distiller
+
+    straight = run(tmp_path / "straight", [6])
+    resumed = run(tmp_path / "resumed", [3, 6])
+    assert resumed.step == straight.step == 6
+    for name, a, b in (("student", straight.student.state_dict(), resumed.student.state_dict()),
+                       ("generator", straight.generator.state_dict(), resumed.generator.state_dict())):
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}.{key} differs after resume"
+    assert torch.equal(straight.bank.images, resumed.bank.images)
+    assert [h["s_kl"] for h in straight.history] == [h["s_kl"] for h in resumed.history]
+
+
+def test_detection_student_imitates_dense_outputs(tmp_path):
+    models = pytest.importorskip("evit_training.models")
+    pytest.importorskip("evit_training.distill.logit_kd")
+    torch.manual_seed(0)
+    teacher = models.create_detector("test_micro")
+    student = models.create_detector("test_micro", embed_dim=16)
+    cfg = _tiny_cfg(steps=4, batch_size=4, grid_every=4, memory_bank_size=8, generator_patch_size=16)
+    distiller = DataFreeDistiller(teacher, student, cfg, tmp_path, task="detection", show_progress=False)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    distiller.fit()
+    assert distiller.generator.num_classes == 0   # detectors get an unconditional generator
+    assert (tmp_path / "samples" / "step_000004.png").is_file()
+    for key in ("s_kl", "s_box", "g_adversarial", "g_confidence", "g_balance"):
+        assert torch.isfinite(torch.tensor(distiller.history[-1][key])), key
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_run_from_config_trains_and_saves_student(tmp_path):
+    teacher, _ = _pair()
+    teacher_path = save_classifier(teacher, tmp_path / "teacher.pt")
+    cfg = yaml.safe_load((REPO / "training" / "configs" / "data_free_digits.yaml").read_text())
+    cfg["teacher"] = str(teacher_path)
+    cfg["student"] = "digits_micro"
+    cfg["data_free"].update(steps=2, batch_size=4, grid_every=1, warmup_generator_steps=1, memory_bank_size=8,
+                            generator_embed_dim=16, generator_heads=2, generator_depth=1)
+    result = run_from_config(cfg, out_dir=tmp_path / "run", show_progress=False)
+    assert result["steps"] == 2 and 0.0 <= result["accuracy"] <= 1.0
+    assert load_classifier(result["student"]).arch["embed_dim"] == 24
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()
+
+
+def test_bad_configs_are_named(tmp_path):
+    with pytest.raises(ValueError, match="w_advesarial"):
+        DataFreeConfig.from_dict({"w_advesarial": 1.0})
+    with pytest.raises(ValueError, match="memory_fraction"):
+        DataFreeConfig.from_dict({"memory_fraction": 1.5})
+    with pytest.raises(FileNotFoundError, match="teacher checkpoint not found"):
+        run_from_config({"task": "classification", "teacher": str(tmp_path / "missing.pt")})
+    with pytest.raises(ValueError, match="unknown key"):
+        run_from_config({"teacher": "x", "epochs": 3})
+    teacher, _ = _pair()
+    with pytest.raises(ValueError, match="differ"):
+        DataFreeDistiller(teacher, create_classifier("digits_micro", img_size=48), _tiny_cfg(), tmp_path)

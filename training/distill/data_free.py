@@ -1,0 +1,692 @@
+"""Data-free knowledge distillation: a transformer generator and a student play a game
+around a frozen teacher, and no real image is ever used.
+
+After the method family of "Optimizing Vision Transformers with Data-Free Knowledge
+Transfer": rounds alternate
+
+* generator step(s): synthesise a batch, then minimise
+  ``- w_adversarial * D(teacher, student)`` (find images on which they disagree) plus teacher
+  priors that keep the images "natural" for the teacher:
+
+  - ``feature_stats``: mean/std of every block's LayerNorm input (per channel, over batch
+    and tokens), recorded with forward pre-hooks, matched to target statistics. A ViT has
+    no BatchNorm running statistics to invert, so the targets are recorded once from the
+    teacher on a few batches of random *smooth* noise images (blurred uniform noise at
+    several scales). This pins the scale of the residual stream to what the teacher sees on
+    image-like inputs and stops the generator from driving activations to extremes; it is
+    a weak prior, which is why its default weight is small.
+  - ``patch_similarity``: the differential entropy (Gaussian kernel density estimate) of the
+    cosine similarities between patch tokens in every block, maximised (PSAQ-ViT): real
+    images give diverse patch relations; degenerate images give all-similar patches.
+  - ``confidence``: the teacher should be sure of what it sees (cross-entropy to a requested
+    class with a class-conditional generator, else the per-image prediction entropy; for
+    detectors, strong peaks in the heatmaps).
+  - ``class_balance``: the entropy of the teacher's mean prediction over the batch,
+    maximised, so every class keeps appearing.
+  - ``total_variation``: an optional smoothness prior on pixels.
+
+* student step(s): the student imitates the teacher on fresh synthetic images mixed with a
+  memory bank of past batches (so it does not forget what earlier generators produced),
+  with optional shifts/flips and CutMix between synthetic images: KL on softened logits
+  (classification) or the project's dense logit KD (heatmap BCE + size/offset L1,
+  :mod:`evit_training.distill.logit_kd`) for detectors, plus a patch-relation loss (MSE
+  between the teacher's and student's patch cosine-similarity matrices, which needs no
+  projector between different widths).
+
+The step budget counts *student* steps, so arms of a benchmark compare at equal steps; the
+generator's steps are extra work, reported as wall-clock. Checkpoints hold everything that
+decides the future (models, optimisers, schedulers, memory bank, RNG states, step), so a
+resumed run continues bit-for-bit like an uninterrupted one on the same machine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from evit_training.distill.generator import TransformerGenerator
+
+TASKS = ("classification", "detection")
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class DataFreeConfig:
+    """Every knob of the data-free game. Loss weights of 0 switch a term off."""
+
+    steps: int = 600                    # student optimizer steps (the comparable budget)
+    batch_size: int = 64                # images per student step (fresh + memory bank)
+    generator_steps: int = 1            # generator updates per round
+    student_steps: int = 2              # student updates per round
+    warmup_generator_steps: int = 0     # prior-only generator steps before the student starts
+    lr_student: float = 2e-3
+    lr_generator: float = 1e-3
+    weight_decay: float = 0.05
+    temperature: float = 4.0
+    seed: int = 0
+    # generator architecture (image size / channels come from the teacher)
+    generator_patch_size: int = 4
+    generator_latent_dim: int = 32
+    generator_embed_dim: int = 96
+    generator_depth: int = 2
+    generator_heads: int = 4
+    conditional: bool = True            # class-conditional generator (classification only)
+    # generator loss weights
+    w_adversarial: float = 1.0
+    w_feature_stats: float = 0.1
+    w_patch_similarity: float = 0.1
+    w_confidence: float = 1.0
+    w_class_balance: float = 1.0
+    w_total_variation: float = 0.0
+    adversarial_clip: float = 5.0       # the gap the generator chases is clamped per image
+    # student loss weights
+    w_kl: float = 1.0
+    w_box: float = 1.0                  # detection: size/offset imitation
+    w_feature: float = 1.0              # patch-relation matching
+    # synthetic data handling
+    memory_bank_size: int = 2048
+    memory_fraction: float = 0.5        # share of each student batch drawn from the bank
+    augment: bool = True                # random shifts (and flips for detection)
+    max_shift: int = 2
+    cutmix_prob: float = 0.5
+    # statistics prior targets
+    stats_batches: int = 4
+    # bookkeeping
+    grid_every: int = 100               # PNG grid of synthetic images every N student steps
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "DataFreeConfig":
+        """Build from a mapping, rejecting unknown keys by name (typos should not pass)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown data-free option(s) {unknown}; known: {sorted(known)}")
+        cfg = cls(**dict(values))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first impossible setting."""
+        for name in ("steps", "batch_size", "student_steps", "grid_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("generator_steps", "warmup_generator_steps", "memory_bank_size", "max_shift"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("memory_fraction", "cutmix_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+# ----------------------------------------------------------------------------- model views
+class _TeacherStudentView:
+    """Uniform access to predictions, patch tokens and LayerNorm inputs of timm-ViT models.
+
+    Classification models return logits and expose ``.backbone`` (timm VisionTransformer);
+    detectors (:class:`evit_training.models.ViTDetector`) return a dict with ``tokens``.
+    """
+
+    def __init__(self, model: nn.Module, task: str, record_norm_inputs: bool) -> None:
+        backbone = getattr(model, "backbone", None)
+        if backbone is None or not hasattr(backbone, "blocks"):
+            raise ValueError(f"{type(model).__name__} has no timm ViT `.backbone` with `.blocks`; data-free KD "
+                             "reads the teacher's token features through it")
+        self.model = model
+        self.task = task
+        self.backbone = backbone
+        self.norm_inputs: List[torch.Tensor] = []
+        self._tokens: Optional[torch.Tensor] = None
+        self._handles = []
+        if record_norm_inputs:
+            for block in backbone.blocks:
+                self._handles.append(block.norm1.register_forward_pre_hook(self._record_norm_input))
+        if task == "classification":
+            self._handles.append(backbone.norm.register_forward_hook(self._record_tokens))
+
+    def _record_norm_input(self, module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
+        self.norm_inputs.append(inputs[0])
+
+    def _record_tokens(self, module: nn.Module, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self._tokens = output[:, getattr(self.backbone, "num_prefix_tokens", 0):]
+
+    def __call__(self, images: torch.Tensor) -> Tuple[Any, torch.Tensor]:
+        """Return ``(prediction, patch_tokens (B,N,D))``; fills ``norm_inputs`` if recording."""
+        self.norm_inputs = []
+        out = self.model(images)
+        if self.task == "detection":
+            if not isinstance(out, Mapping) or "heatmap" not in out or "tokens" not in out:
+                raise ValueError("a detection model must return a dict with 'heatmap', 'size', 'offset', 'tokens'")
+            return out, out["tokens"]
+        if self._tokens is None:
+            raise RuntimeError("classifier tokens were not recorded; is backbone.norm used in forward?")
+        tokens, self._tokens = self._tokens, None
+        return out, tokens
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _model_geometry(model: nn.Module) -> Tuple[int, int]:
+    """``(image_size, in_chans)`` of a timm-ViT based model."""
+    patch_embed = model.backbone.patch_embed
+    size = patch_embed.img_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return int(size), int(patch_embed.proj.in_channels)
+
+
+# ----------------------------------------------------------------------------- losses
+def token_statistics(norm_inputs: List[torch.Tensor]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Per block: (mean, std) per channel over batch and tokens of the LayerNorm input."""
+    stats = []
+    for x in norm_inputs:
+        flat = x.reshape(-1, x.shape[-1]).float()
+        stats.append((flat.mean(0), flat.var(0, unbiased=False).add(1e-6).sqrt()))
+    return stats
+
+
+def feature_stats_loss(norm_inputs: List[torch.Tensor],
+                       targets: List[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """DeepInversion-style distance of token statistics to the targets, summed over blocks."""
+    loss = norm_inputs[0].new_zeros(())
+    for (mean, std), (t_mean, t_std) in zip(token_statistics(norm_inputs), targets):
+        loss = loss + torch.linalg.vector_norm(mean - t_mean) / math.sqrt(mean.numel()) \
+            + torch.linalg.vector_norm(std - t_std) / math.sqrt(std.numel())
+    return loss / max(1, len(targets))
+
+
+def patch_similarity_entropy(tokens: torch.Tensor, bandwidth: float = 0.05, max_pairs: int = 512,
+                             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Mean differential entropy of pairwise patch cosine similarities (Gaussian KDE), per image."""
+    x = F.normalize(tokens.float(), dim=-1)
+    sims = x @ x.transpose(1, 2)                                          # (B, N, N)
+    n = sims.shape[-1]
+    iu = torch.triu_indices(n, n, offset=1, device=sims.device)
+    values = sims[:, iu[0], iu[1]]                                        # (B, P)
+    if values.shape[1] > max_pairs:
+        pick = torch.randperm(values.shape[1], generator=generator)[:max_pairs].to(values.device)
+        values = values[:, pick]
+    diff = (values.unsqueeze(2) - values.unsqueeze(1)) / bandwidth       # (B, P, P)
+    density = torch.exp(-0.5 * diff * diff).mean(2) / (bandwidth * math.sqrt(2 * math.pi))
+    return -(density + 1e-8).log().mean()
+
+
+def patch_relation_loss(student_tokens: torch.Tensor, teacher_tokens: torch.Tensor) -> torch.Tensor:
+    """MSE between patch cosine-similarity matrices; grids are pooled to the smaller one."""
+    s, t = student_tokens.float(), teacher_tokens.float()
+    if s.shape[1] != t.shape[1]:
+        s, t = _pool_tokens_to(s, min(s.shape[1], t.shape[1])), _pool_tokens_to(t, min(s.shape[1], t.shape[1]))
+    s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    return F.mse_loss(s @ s.transpose(1, 2), t @ t.transpose(1, 2))
+
+
+def _pool_tokens_to(tokens: torch.Tensor, count: int) -> torch.Tensor:
+    b, n, d = tokens.shape
+    side, target = int(math.isqrt(n)), int(math.isqrt(count))
+    if side * side != n or target * target != count:
+        raise ValueError(f"cannot match token grids of {n} and {count} tokens (not square)")
+    grid = tokens.transpose(1, 2).reshape(b, d, side, side)
+    return F.adaptive_avg_pool2d(grid, target).flatten(2).transpose(1, 2)
+
+
+def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+        reduction: str = "batchmean") -> torch.Tensor:
+    kl = F.kl_div(F.log_softmax(student_logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                  reduction="none", log_target=True).sum(1) * temperature ** 2
+    return kl.mean() if reduction == "batchmean" else kl
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels."""
+    return (images[..., 1:, :] - images[..., :-1, :]).abs().mean() + \
+        (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+
+
+# ----------------------------------------------------------------------------- memory bank
+class SyntheticMemoryBank:
+    """Ring buffer of past synthetic images, stored as uint8 (4x smaller, exact on resume)."""
+
+    def __init__(self, capacity: int, image_shape: Tuple[int, int, int]) -> None:
+        self.images = torch.zeros((capacity,) + tuple(image_shape), dtype=torch.uint8)
+        self.count = 0
+        self.cursor = 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self.images.shape[0])
+
+    def push(self, images: torch.Tensor) -> None:
+        if self.capacity == 0:
+            return
+        quantised = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        for img in quantised[-self.capacity:]:
+            self.images[self.cursor] = img
+            self.cursor = (self.cursor + 1) % self.capacity
+            self.count = min(self.count + 1, self.capacity)
+
+    def sample(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, self.count, (count,), generator=generator)
+        return self.images[index].float() / 255.0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"images": self.images[:self.count].clone(), "count": self.count, "cursor": self.cursor}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.count, self.cursor = int(state["count"]), int(state["cursor"])
+        self.images[:self.count] = state["images"]
+
+
+# ----------------------------------------------------------------------------- the loop
+class DataFreeDistiller:
+    """Train ``student`` to imitate ``teacher`` on generated images only.
+
+    Args:
+        teacher: frozen model (timm-ViT ``.backbone``), inputs in [0, 1].
+        student: model trained in place (same output layout as the teacher).
+        cfg: :class:`DataFreeConfig`.
+        out_dir: checkpoints (``last.pt``), ``samples/step_XXXXXX.png`` grids, ``history.json``.
+        task: ``"classification"`` (logits) or ``"detection"`` (dense CenterNet maps).
+        resume: continue from ``out_dir/last.pt`` when it exists.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: Optional[DataFreeConfig] = None,
+                 out_dir: Union[str, Path] = "runs/data_free", task: str = "classification",
+                 resume: bool = True, show_progress: bool = True) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.cfg = cfg or DataFreeConfig()
+        self.cfg.validate()
+        self.task = task
+        self.out_dir = Path(out_dir)
+        self.resume = resume
+        self.show_progress = show_progress
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student = student
+        self.image_size, self.in_chans = _model_geometry(teacher)
+        if _model_geometry(student) != (self.image_size, self.in_chans):
+            raise ValueError(f"teacher input {(self.image_size, self.in_chans)} and student input "
+                             f"{_model_geometry(student)} (size, channels) differ")
+        torch.manual_seed(self.cfg.seed)
+        self.rng = torch.Generator().manual_seed(self.cfg.seed)
+        self.teacher_view = _TeacherStudentView(teacher, task, record_norm_inputs=True)
+        self.student_view = _TeacherStudentView(student, task, record_norm_inputs=False)
+        self.num_classes = self._probe_num_classes()
+        conditional = self.cfg.conditional and task == "classification"
+        self.generator = TransformerGenerator(
+            image_size=self.image_size, out_chans=self.in_chans, patch_size=self.cfg.generator_patch_size,
+            latent_dim=self.cfg.generator_latent_dim, embed_dim=self.cfg.generator_embed_dim,
+            depth=self.cfg.generator_depth, num_heads=self.cfg.generator_heads,
+            num_classes=self.num_classes if conditional else 0)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_generator, betas=(0.5, 0.999))
+        self.opt_s = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr_student,
+                                       weight_decay=self.cfg.weight_decay)
+        self.sched_s = torch.optim.lr_scheduler.LambdaLR(self.opt_s, _budget_factor(self.cfg.steps))
+        self.bank = SyntheticMemoryBank(self.cfg.memory_bank_size, (self.in_chans, self.image_size, self.image_size))
+        self.stat_targets = self._record_stat_targets()
+        self.step = 0
+        self.warmup_done = 0
+        self.history: List[Dict[str, float]] = []
+        self.elapsed_s = 0.0
+        grid_rng = torch.Generator().manual_seed(self.cfg.seed + 1)
+        self._grid_latent = self.generator.sample_latent(64, grid_rng)
+        self._grid_labels = torch.arange(64) % self.num_classes
+
+    # ---------------------------------------------------------------- setup helpers
+    @torch.no_grad()
+    def _probe_num_classes(self) -> int:
+        out, _ = self.teacher_view(torch.full((1, self.in_chans, self.image_size, self.image_size), 0.5))
+        return int(out["heatmap"].shape[1] if self.task == "detection" else out.shape[1])
+
+    @torch.no_grad()
+    def _record_stat_targets(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Teacher token statistics on random smooth noise (see the module docstring)."""
+        noise_rng = torch.Generator().manual_seed(self.cfg.seed + 2)
+        collected: List[List[torch.Tensor]] = []
+        for i in range(max(1, self.cfg.stats_batches)):
+            scale = 2 ** (1 + i % 3)          # blobs of 2, 4 and 8 pixels
+            low = torch.rand(16, self.in_chans, max(1, self.image_size // scale), max(1, self.image_size // scale),
+                             generator=noise_rng)
+            images = F.interpolate(low, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=False)
+            self.teacher_view(images)
+            collected.append([x.detach() for x in self.teacher_view.norm_inputs])
+        per_block = [torch.cat([batch[b] for batch in collected]) for b in range(len(collected[0]))]
+        return [(m.detach(), s.detach()) for m, s in token_statistics(per_block)]
+
+    # ---------------------------------------------------------------- sampling
+    def _sample_latent(self, count: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        latent = self.generator.sample_latent(count, self.rng)
+        labels = torch.randint(0, self.num_classes, (count,), generator=self.rng) \
+            if self.generator.num_classes else None
+        return latent, labels
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.augment and cfg.max_shift > 0:
+            dx, dy = torch.randint(-cfg.max_shift, cfg.max_shift + 1, (2,), generator=self.rng).tolist()
+            images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+            if self.task == "detection" and bool(torch.rand((), generator=self.rng) < 0.5):
+                images = images.flip(3)
+        if cfg.cutmix_prob > 0 and bool(torch.rand((), generator=self.rng) < cfg.cutmix_prob):
+            # Paste a random box from a shuffled copy; the teacher labels the mixed image itself.
+            b, _, h, w = images.shape
+            perm = torch.randperm(b, generator=self.rng)
+            bh, bw = (torch.randint(h // 4, h // 2 + 1, (1,), generator=self.rng).item(),
+                      torch.randint(w // 4, w // 2 + 1, (1,), generator=self.rng).item())
+            y0 = torch.randint(0, h - bh + 1, (1,), generator=self.rng).item()
+            x0 = torch.randint(0, w - bw + 1, (1,), generator=self.rng).item()
+            images = images.clone()
+            images[:, :, y0:y0 + bh, x0:x0 + bw] = images[perm, :, y0:y0 + bh, x0:x0 + bw]
+        return images
+
+    # ---------------------------------------------------------------- losses by task
+    def _discrepancy(self, s_out: Any, t_out: Any) -> torch.Tensor:
+        """Per-image teacher-student gap the generator maximises."""
+        if self.task == "classification":
+            return _kl(s_out, t_out, 1.0, reduction="none")
+        t_heat, s_heat = torch.sigmoid(t_out["heatmap"]), torch.sigmoid(s_out["heatmap"])
+        gap = (t_heat - s_heat).abs().flatten(1).mean(1)
+        weight = t_heat.amax(1, keepdim=True)
+        box = ((t_out["size"] - s_out["size"]).abs() * weight).flatten(1).mean(1)
+        return gap + box
+
+    def _teacher_priors(self, t_out: Any, labels: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(confidence loss, class-balance loss) from the teacher's outputs."""
+        if self.task == "classification":
+            probs = F.softmax(t_out, 1)
+            if labels is not None:
+                confidence = F.cross_entropy(t_out, labels)
+            else:
+                confidence = -(probs * F.log_softmax(t_out, 1)).sum(1).mean()
+            mean = probs.mean(0)
+        else:
+            heat = torch.sigmoid(t_out["heatmap"]).flatten(2)             # (B, C, HW)
+            peaks = heat.amax(2)                                          # (B, C)
+            k = min(4, heat.shape[2])
+            # Confidence: each image should hold a few clear objects of the classes it shows.
+            confidence = -(heat.topk(k, dim=2).values.mean(2).amax(1) + 1e-6).log().mean()
+            mean = peaks.mean(0) / peaks.mean(0).sum().clamp(min=1e-6)
+        balance = math.log(self.num_classes) + (mean * (mean + 1e-8).log()).sum()
+        return confidence, balance
+
+    def _student_loss(self, s_out: Any, t_out: Any) -> Dict[str, torch.Tensor]:
+        if self.task == "classification":
+            return {"kl": self.cfg.w_kl * _kl(s_out, t_out, self.cfg.temperature)}
+        from evit_training.distill.logit_kd import logit_kd_loss
+        terms = logit_kd_loss(s_out, t_out, temperature=self.cfg.temperature, box_weight=self.cfg.w_box)
+        return {"kl": self.cfg.w_kl * terms["heatmap"], "box": terms["box"]}
+
+    # ---------------------------------------------------------------- steps
+    def generator_step(self, adversarial: bool = True) -> Dict[str, float]:
+        """One generator update; ``adversarial=False`` uses the teacher priors only (warm-up)."""
+        cfg = self.cfg
+        self.generator.train()
+        latent, labels = self._sample_latent(cfg.batch_size)
+        images = self.generator(latent, labels)
+        t_out, t_tokens = self.teacher_view(images)
+        norm_inputs = self.teacher_view.norm_inputs
+        terms: Dict[str, torch.Tensor] = {}
+        if cfg.w_feature_stats:
+            terms["stats"] = cfg.w_feature_stats * feature_stats_loss(norm_inputs, self.stat_targets)
+        if cfg.w_patch_similarity:
+            entropy = torch.stack([patch_similarity_entropy(x, generator=self.rng) for x in norm_inputs]).mean()
+            terms["patch_sim"] = -cfg.w_patch_similarity * entropy
+        confidence, balance = self._teacher_priors(t_out, labels)
+        if cfg.w_confidence:
+            terms["confidence"] = cfg.w_confidence * confidence
+        if cfg.w_class_balance:
+            terms["balance"] = cfg.w_class_balance * balance
+        if cfg.w_total_variation:
+            terms["tv"] = cfg.w_total_variation * total_variation(images)
+        if adversarial and cfg.w_adversarial:
+            s_out, _ = self.student_view(images)
+            gap = self._discrepancy(s_out, t_out).clamp(max=cfg.adversarial_clip).mean()
+            terms["adversarial"] = -cfg.w_adversarial * gap
+        loss = torch.stack(list(terms.values())).sum()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        self.student.zero_grad(set_to_none=True)   # the generator's backward reached the student
+        return {"g_" + k: float(v.detach()) for k, v in terms.items()}
+
+    def student_step(self) -> Dict[str, float]:
+        """One student update on fresh synthetic images mixed with the memory bank."""
+        cfg = self.cfg
+        with torch.no_grad():
+            latent, labels = self._sample_latent(cfg.batch_size)
+            fresh = self.generator(latent, labels)
+            from_bank = int(round(cfg.batch_size * cfg.memory_fraction)) if self.bank.count else 0
+            batch = fresh[:cfg.batch_size - from_bank]
+            if from_bank:
+                batch = torch.cat([batch, self.bank.sample(from_bank, self.rng).to(fresh.device)])
+            self.bank.push(fresh)
+            batch = self._augment(batch)
+            t_out, t_tokens = self.teacher_view(batch)
+        self.student.train()
+        s_out, s_tokens = self.student_view(batch)
+        terms = self._student_loss(s_out, t_out)
+        if cfg.w_feature:
+            terms["feature"] = cfg.w_feature * patch_relation_loss(s_tokens, t_tokens)
+        loss = torch.stack(list(terms.values())).sum()
+        self.opt_s.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_s.step()
+        self.sched_s.step()
+        return {"s_" + k: float(v.detach()) for k, v in terms.items()}
+
+    # ---------------------------------------------------------------- driver
+    def fit(self, until_step: Optional[int] = None) -> nn.Module:
+        """Run (or resume) until ``until_step`` student steps (default ``cfg.steps``); returns the student.
+
+        Writes ``last.pt`` every ``checkpoint_every`` steps and when it stops, a PNG grid every
+        ``grid_every`` steps and ``history.json`` at the end.
+        """
+        cfg = self.cfg
+        target = cfg.steps if until_step is None else min(int(until_step), cfg.steps)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume and (self.out_dir / CHECKPOINT_NAME).is_file():
+            self.load_checkpoint(self.out_dir / CHECKPOINT_NAME)
+        start = time.perf_counter()
+        elapsed_before = self.elapsed_s
+        if self.warmup_done < cfg.warmup_generator_steps:
+            for _ in tqdm(range(self.warmup_done, cfg.warmup_generator_steps), desc="data-free warm-up",
+                          disable=not self.show_progress, leave=False):
+                self.generator_step(adversarial=False)
+                self.warmup_done += 1
+        bar = tqdm(total=target, initial=self.step, desc="data-free KD", disable=not self.show_progress)
+        record: Dict[str, float] = {}
+        while self.step < target:
+            if self.step % cfg.student_steps == 0:
+                for _ in range(cfg.generator_steps):
+                    record.update(self.generator_step())
+            record.update(self.student_step())
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == target:
+                self.history.append({"step": self.step, **record})
+                bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("s_kl", "g_adversarial")})
+            if self.step % cfg.grid_every == 0:
+                self.save_grid()
+            self.elapsed_s = elapsed_before + time.perf_counter() - start
+            if self.step % cfg.checkpoint_every == 0 and self.step < target:
+                self.save_checkpoint(self.out_dir / CHECKPOINT_NAME)
+        bar.close()
+        self.elapsed_s = elapsed_before + time.perf_counter() - start
+        self.save_checkpoint(self.out_dir / CHECKPOINT_NAME)
+        (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        return self.student
+
+    @torch.no_grad()
+    def synthesize(self, count: int, labels: Optional[torch.Tensor] = None,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``count`` images from the current generator (eval mode), in [0, 1]."""
+        self.generator.eval()
+        latent = self.generator.sample_latent(count, generator or torch.Generator().manual_seed(0))
+        if self.generator.num_classes and labels is None:
+            labels = torch.arange(count) % self.num_classes
+        images = self.generator(latent, labels if self.generator.num_classes else None)
+        self.generator.train()
+        return images
+
+    @torch.no_grad()
+    def save_grid(self, path: Optional[Path] = None) -> Path:
+        """PNG grid of 64 images from fixed latents (and labels 0..C-1 repeating), eval mode."""
+        from torchvision.utils import save_image
+
+        path = path or self.out_dir / "samples" / f"step_{self.step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        was_training = self.generator.training
+        self.generator.eval()
+        images = self.generator(self._grid_latent, self._grid_labels if self.generator.num_classes else None)
+        self.generator.train(was_training)
+        save_image(images, path, nrow=8, padding=1)
+        return path
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything that decides the rest of the run."""
+        return {
+            "format": "evit-data-free", "version": 1, "task": self.task, "config": asdict(self.cfg),
+            "step": self.step, "warmup_done": self.warmup_done, "elapsed_s": self.elapsed_s,
+            "generator": self.generator.state_dict(), "student": self.student.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_s": self.opt_s.state_dict(), "sched_s": self.sched_s.state_dict(),
+            "bank": self.bank.state_dict(), "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "history": self.history,
+        }
+
+    def save_checkpoint(self, path: Union[str, Path]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)   # never leave a half-written checkpoint behind
+        return path
+
+    def load_checkpoint(self, path: Union[str, Path]) -> None:
+        """Restore a state written by :meth:`save_checkpoint` (same task and architectures)."""
+        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        if state.get("format") != "evit-data-free":
+            raise ValueError(f"{path} is not a data-free KD checkpoint")
+        if state["task"] != self.task:
+            raise ValueError(f"{path} was written for task {state['task']!r}, not {self.task!r}")
+        self.generator.load_state_dict(state["generator"])
+        self.student.load_state_dict(state["student"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_s.load_state_dict(state["opt_s"])
+        self.sched_s.load_state_dict(state["sched_s"])
+        self.bank.load_state_dict(state["bank"])
+        self.rng.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        self.step, self.warmup_done = int(state["step"]), int(state["warmup_done"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        self.history = list(state["history"])
+
+    def close(self) -> None:
+        """Remove the forward hooks placed on teacher and student."""
+        self.teacher_view.close()
+        self.student_view.close()
+
+
+def _budget_factor(steps: int, warmup_fraction: float = 0.05) -> Callable[[int], float]:
+    """Warm-up then cosine decay, both tied to the step budget."""
+    warmup = max(1, int(steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    return factor
+
+
+# ----------------------------------------------------------------------------- config entry point
+def _load_model(spec: Any, task: str, role: str) -> nn.Module:
+    """A model from a checkpoint path or a named config."""
+    if isinstance(spec, nn.Module):
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"{role} must be a checkpoint path or a named config, got {spec!r}")
+    is_file = Path(spec).is_file()
+    if task == "classification":
+        from evit_training.classification.models import CLASSIFIER_CONFIGS, create_classifier, load_classifier
+        if is_file:
+            return load_classifier(spec)
+        if spec in CLASSIFIER_CONFIGS:
+            return create_classifier(spec)
+        raise ValueError(f"{role} {spec!r} is neither a file nor one of {sorted(CLASSIFIER_CONFIGS)}")
+    from evit_training.models import config_names, create_detector
+    if is_file:
+        from evit_training.models.checkpoint import load_model
+        return load_model(spec)
+    if spec in config_names():
+        return create_detector(spec)
+    raise ValueError(f"{role} {spec!r} is neither a file nor one of {config_names()}")
+
+
+def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path]] = None,
+                    resume: bool = True, show_progress: bool = True) -> Dict[str, Any]:
+    """Run data-free KD described by a config mapping (as loaded from ``data_free_*.yaml``).
+
+    Keys: ``task`` ("classification"|"detection"), ``teacher`` (checkpoint path; a teacher
+    must be trained - a named config would be random), ``student`` (named config or
+    checkpoint to start from), ``out_dir``, ``data_free`` (:class:`DataFreeConfig` fields),
+    optional ``evaluate`` ("digits": accuracy on the digits test split, for the study only).
+    Returns ``{"student": path of the saved student, "out_dir", "steps", "elapsed_s", ...}``.
+    """
+    allowed = {"task", "teacher", "student", "out_dir", "data_free", "evaluate"}
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in data-free config; allowed: {sorted(allowed)}")
+    task = config.get("task", "classification")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if "teacher" not in config:
+        raise ValueError("data-free config needs 'teacher': a trained teacher checkpoint")
+    if isinstance(config["teacher"], str) and not Path(config["teacher"]).is_file():
+        raise FileNotFoundError(f"teacher checkpoint not found: {config['teacher']} (data-free KD needs a "
+                                "trained teacher; train one with `evit train` first)")
+    out = Path(out_dir or config.get("out_dir") or "runs/data_free")
+    cfg = DataFreeConfig.from_dict(config.get("data_free") or {})
+    teacher = _load_model(config["teacher"], task, "teacher")
+    student = _load_model(config.get("student", "digits_student" if task == "classification" else "student_tiny"),
+                          task, "student")
+    distiller = DataFreeDistiller(teacher, student, cfg, out, task=task, resume=resume,
+                                  show_progress=show_progress)
+    distiller.fit()
+    distiller.save_grid(out / "samples" / "final.png")
+    distiller.close()
+    result: Dict[str, Any] = {"out_dir": str(out), "steps": distiller.step, "elapsed_s": round(distiller.elapsed_s, 2)}
+    if task == "classification":
+        from evit_training.classification.models import save_classifier
+        result["student"] = str(save_classifier(student, out / "student.pt", data_free=asdict(cfg)))
+        if config.get("evaluate") == "digits":
+            from evit_training.classification import evaluate_accuracy, load_digits_split
+            _, test = load_digits_split(image_size=distiller.image_size)
+            result["accuracy"] = evaluate_accuracy(student, test)
+        elif config.get("evaluate") is not None:
+            raise ValueError(f"evaluate must be 'digits' or absent, got {config.get('evaluate')!r}")
+    else:
+        from evit_training.models.checkpoint import save_checkpoint
+        result["student"] = str(save_checkpoint(student, out / "student.pt", stage="data_free_kd",
+                                                data_free=asdict(cfg)))
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
