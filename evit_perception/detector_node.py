@@ -21,6 +21,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import rclpy
+import rclpy.subscription
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -53,6 +54,8 @@ except ImportError:  # Foxy
     class ExternalShutdownException(Exception):  # type: ignore[no-redef]
         """Never raised on distributions that lack it."""
 
+# rclpy >= Iron hands subscription callbacks the message info (sequence numbers) on request.
+_MESSAGE_INFO = hasattr(getattr(rclpy.subscription, "Subscription", None), "CallbackType")
 GRAPH_CHECK_PERIOD_S = 1.0
 STALL_WARNING_REPEAT_S = 30.0
 STALL_CAUSES = (
@@ -102,6 +105,8 @@ class DetectorNode(Node):
 
         self._input_type = s["input_type"]
         self._subscription: Any = None
+        self._single_publisher = False
+        self._last_sequence: Optional[int] = None
         self._subscription_qos: Optional[QoSProfile] = None
         self._reliability_mode = s["qos_reliability"]
         self._subscribe("best_effort" if self._reliability_mode == "auto" else self._reliability_mode)
@@ -189,9 +194,27 @@ class DetectorNode(Node):
             msg_type = Image
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         self._subscription = self.create_subscription(
-            msg_type, topic, self._on_frame, qos, event_callbacks=events)
+            msg_type, topic, self._on_frame_with_info if _MESSAGE_INFO else self._on_frame, qos,
+            event_callbacks=events)
         self._subscription_qos = qos
         self._publisher_seen_since = None
+        self._last_sequence = None
+
+    def _on_frame_with_info(self, msg: Any, info: Any) -> None:
+        """Executor thread (rclpy >= Iron): count frames lost before they reached us, then hand on.
+
+        The camera numbers its samples; a gap means frames it published never reached this
+        callback (best-effort loss, or the depth-1 queue overwritten while we were busy).
+        Only counted while the topic has exactly one publisher: sequences are per publisher.
+        """
+        sequence = info.get("publication_sequence_number") if isinstance(info, dict) else None
+        if sequence is not None and self._single_publisher:
+            last, self._last_sequence = self._last_sequence, sequence
+            if last is not None and sequence > last + 1:
+                self._health.frames_lost_before_callback(sequence - last - 1)
+        else:
+            self._last_sequence = None
+        self._on_frame(msg)
 
     def _on_frame(self, msg: Any) -> None:
         """Executor thread: hand the frame to the worker; never convert or infer here."""
@@ -250,6 +273,9 @@ class DetectorNode(Node):
         else:
             self._health.set_qos_problem(None)
         self._health.set_subscription(describe_qos(self._subscription_qos), len(profiles))
+        if len(profiles) != 1 or not self._single_publisher:
+            self._last_sequence = None  # another or a restarted camera: a new numbering
+        self._single_publisher = len(profiles) == 1
 
         if not profiles:
             self._publisher_seen_since = None

@@ -76,6 +76,8 @@ class DetectorHealth:
         self.frames_dropped = 0
         self.frames_rejected = 0
         self.frames_without_model = 0
+        #: Frames the camera published that never reached the callback (sequence gaps).
+        self.frames_lost = 0
         self.last_frame_time: Optional[float] = None
         self.model_error: Optional[str] = None
         self.model_name = ""
@@ -98,6 +100,11 @@ class DetectorHealth:
             self.last_frame_time = now
             self.input_rate.tick(now)
             self.stall_warning = None
+
+    def frames_lost_before_callback(self, count: int) -> None:
+        """``count`` frames the camera numbered never arrived (transport loss or overwritten)."""
+        with self._lock:
+            self.frames_lost += int(count)
 
     def frame_processed(self, inference_ms: float, end_to_end_ms: float,
                         now: Optional[float] = None) -> None:
@@ -184,6 +191,7 @@ class DetectorHealth:
                 ("frames_received", str(self.frames_received)),
                 ("frames_processed", str(self.frames_processed)),
                 ("frames_dropped", str(self.frames_dropped)),
+                ("frames_lost_before_node", str(self.frames_lost)),
                 ("frames_rejected", str(self.frames_rejected)),
                 ("frames_without_model", str(self.frames_without_model)),
                 ("seconds_since_last_frame", "never" if age is None else f"{age:.1f}"),

@@ -173,6 +173,7 @@ def node_run(model: str, frames: List[np.ndarray], threads: int, rate: float, du
             executor.spin_once(timeout_sec=0.05)
         baseline = int(diagnostics.get("frames_received", "0"))
         baseline_dropped = int(diagnostics.get("frames_dropped", "0"))
+        baseline_lost = int(diagnostics.get("frames_lost_before_node", "0"))
         total = int(duration * rate)
         period = 1.0 / rate
         start = time.monotonic()
@@ -204,6 +205,7 @@ def node_run(model: str, frames: List[np.ndarray], threads: int, rate: float, du
     received = int(diagnostics.get("frames_received", "-1")) - baseline
     return {"published": len(sent), "answered": len(latencies), "latencies_ms": list(latencies.values()),
             "node_frames_received": received, "node_frames_dropped": int(diagnostics.get("frames_dropped", "-1")) - baseline_dropped,
+            "node_frames_lost": int(diagnostics.get("frames_lost_before_node", "-1")) - baseline_lost,
             "node_inference_ms_mean": float(diagnostics.get("inference_latency_ms_mean", "nan")),
             "node_internal_e2e_ms_mean": float(diagnostics.get("end_to_end_latency_ms_mean", "nan")),
             "rss_mb_peak": max(rss), "rss_mb_samples": rss, "publish_rate_hz_achieved": achieved}
@@ -245,6 +247,7 @@ def _run_figures(run: Dict[str, object], bare_median: float, rate: float) -> Dic
         "frames_not_answered": published - run["answered"],
         "frames_dropped_by_node_slot": run["node_frames_dropped"],
         "frames_never_delivered": published - run["node_frames_received"],
+        "frames_lost_before_node_by_sequence": run["node_frames_lost"],
         "node_inference_ms_mean": run["node_inference_ms_mean"],
         "node_internal_e2e_ms_mean": run["node_internal_e2e_ms_mean"],
         "node_rss_mb_peak": run["rss_mb_peak"],

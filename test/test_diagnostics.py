@@ -40,6 +40,9 @@ def test_counters_and_latencies_reach_the_status():
     assert status.level == DiagnosticStatus.OK and status.message == "running"
     assert values["frames_received"] == "10" and values["frames_dropped"] == "5"
     assert values["frames_processed"] == "5"
+    assert values["frames_lost_before_node"] == "0"
+    health.frames_lost_before_callback(3)
+    assert _values(health.to_status("n", "h", now=11.0))["frames_lost_before_node"] == "3"
     assert float(values["input_rate_hz"]) == pytest.approx(10.0, rel=1e-3)
     assert float(values["inference_latency_ms_mean"]) == 8.0
     assert float(values["end_to_end_latency_ms_p95"]) == 10.0

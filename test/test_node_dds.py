@@ -210,3 +210,83 @@ def test_installed_node_answers_compressed_frames(model_path, peer, local_detect
         code = node.stop()
     assert code == 0, node.output()
     assert node.count("could not be decoded") == 1, node.output()
+
+
+def _slow_reference_model(path: str, matmuls: int = 8) -> str:
+    """The reference model plus input-dependent busywork (MatMuls whose result is added times
+    zero), so inference is slower than the camera without changing the detections."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from support.reference_model import build_reference_model
+
+    model = build_reference_model()
+    graph = model.graph
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([-1, 320], np.int64), "busy_shape"),
+        numpy_helper.from_array(np.random.default_rng(0).random((320, 320), np.float32), "busy_w"),
+        numpy_helper.from_array(np.zeros((), np.float32), "busy_zero"),
+    ])
+    nodes = [helper.make_node("Reshape", ["images", "busy_shape"], ["busy_0"])]
+    for i in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [f"busy_{i}", "busy_w"], [f"busy_{i + 1}"]))
+    nodes += [helper.make_node("ReduceSum", [f"busy_{matmuls}"], ["busy_sum"], keepdims=0),
+              helper.make_node("Mul", ["busy_sum", "busy_zero"], ["busy_nothing"])]
+    output = graph.output[0].name
+    for node in graph.node:  # rename the real output, then add the zero to it
+        node.output[:] = [f"{output}_real" if o == output else o for o in node.output]
+    nodes.append(helper.make_node("Add", [f"{output}_real", "busy_nothing"], [output]))
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_a_slow_model_drops_frames_and_answers_the_newest(tmp_path, peer, ros_env):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    model = _slow_reference_model(str(tmp_path / "slow.onnx"))
+    received = _collect(peer, "/slow/detections")
+    status = {}
+    peer.node.create_subscription(
+        DiagnosticArray, "/diagnostics",
+        lambda m: status.update({kv.key: kv.value for s in m.status if s.name.startswith("evit_slow")
+                                 for kv in s.values}), 10)
+    node = NodeProcess(_node_params(model, qos_reliability="reliable"),
+                       {"image_raw": "/slow/image_raw", "detections": "/slow/detections"},
+                       env=ros_env, node_name="evit_slow").start()
+    camera = peer.node.create_publisher(Image, "/slow/image_raw",
+                                        QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        assert peer.wait_for_subscribers(camera, 60), node.output()
+        peer.spin_for(1.5)  # the node's graph check has seen this one camera
+        camera.publish(image_message(synthetic_frame(0, 320, 240), frame_header(0)))
+        assert peer.spin_until(lambda: received, 60), node.output()
+        count = 40
+        messages = [image_message(synthetic_frame(i, 320, 240), frame_header(i))
+                    for i in range(1, count + 1)]
+        for msg in messages:  # a burst far faster than the model, then silence
+            camera.publish(msg)
+        last = stamp_key(frame_header(count).stamp)
+        assert peer.spin_until(lambda: last in received, 60), node.output()  # newest frame wins
+        peer.spin_for(1.0)  # nothing queued behind the newest frame: no answers trickle in
+        status.clear()
+        assert peer.spin_until(lambda: bool(status), 10)
+        answered = list(received)
+        assert 1 < len(answered) < count + 1
+        assert answered == sorted(answered)  # answered in publish order
+        received_by_node = int(status["frames_received"])
+        dropped = int(status["frames_dropped"])
+        lost = int(status["frames_lost_before_node"])
+        processed = int(status["frames_processed"])
+        # every frame is accounted for: answered, dropped in the node's slot, or lost before
+        # the callback (counted from the camera's sequence numbers)
+        assert dropped + lost > 0, status
+        assert processed == len(answered), status
+        assert processed + dropped == received_by_node, status
+        assert received_by_node + lost == count + 1, status
+    finally:
+        peer.node.destroy_publisher(camera)
+        code = node.stop()
+    assert code == 0, node.output()
