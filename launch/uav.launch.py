@@ -77,7 +77,7 @@ def _detector(context, *args, **kwargs):
             ("image_raw/compressed", camera.rstrip("/") + "/compressed"),
             ("detections", value("detections_topic")),
         ],
-        arguments=["--ros-args", "--log-level", value("log_level")],
+        ros_arguments=["--log-level", value("log_level")],
     )]
 
 
