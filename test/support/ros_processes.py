@@ -8,7 +8,9 @@ Run as a script it is a camera (used where the publisher needs its own Fast DDS 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,10 @@ LARGE_FRAMES_PROFILE = REPO_ROOT / "config" / "fastdds_large_frames.xml"
 CAMERA_SCRIPT = Path(__file__).resolve()
 FRAME_ID = "test_camera_optical"
 FIRST_STAMP_SEC = 1000
+
+# Node logs live until this process exits (assertion messages read them after stop()).
+_LOG_DIR = tempfile.mkdtemp(prefix="evit-node-logs-")
+atexit.register(shutil.rmtree, _LOG_DIR, True)
 
 _COLOURS = ((0, 0, 255), (0, 255, 0), (255, 0, 0))  # BGR: red, green, blue -> classes 0, 1, 2
 
@@ -100,7 +106,8 @@ class NodeProcess:
         #: An installed console script (e.g. the venv's ``evit_detector``) instead of ``-m module``.
         self.executable = executable
         self.node_name = node_name
-        self._log = tempfile.NamedTemporaryFile(prefix="evit-node-", suffix=".log", delete=False)
+        self._log = tempfile.NamedTemporaryFile(prefix=f"{node_name}-", suffix=".log", dir=_LOG_DIR,
+                                                delete=False)
         self.log_path = Path(self._log.name)
         self.process: Optional[subprocess.Popen] = None
 
