@@ -15,10 +15,12 @@ benchmarks/node_benchmark.json, .md and .png.
 from __future__ import annotations
 
 import argparse
+import atexit
 import glob
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -33,7 +35,9 @@ os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(PROFILE))
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(PROFILE))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
-os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="evit-bench-roslog-"))
+if "ROS_LOG_DIR" not in os.environ:
+    os.environ["ROS_LOG_DIR"] = tempfile.mkdtemp(prefix="evit-bench-roslog-")
+    atexit.register(shutil.rmtree, os.environ["ROS_LOG_DIR"], True)
 sys.path.insert(0, str(REPO_ROOT / "test"))  # support.* helpers (reference model, node process)
 
 import numpy as np  # noqa: E402
@@ -274,6 +278,7 @@ def main() -> None:
     from support.ros_processes import synthetic_frame
 
     workdir = tempfile.mkdtemp(prefix="evit-bench-")
+    atexit.register(shutil.rmtree, workdir, True)
     model = _pick_model(args.model, args.arch, workdir)
     frames = [synthetic_frame(i, args.width, args.height) for i in range(30)]
     print(f"model: {model}\nframes: {args.width}x{args.height} bgr8 at {args.rate:g} Hz for {args.duration:g} s")
