@@ -45,6 +45,10 @@ ARGUMENTS = (
      "Fast DDS XML profile for the processes this launch starts; '' leaves it unset"),
     ("bag", "", "rosbag2 to play beside the detector (ros2 bag play, with the profile); '' = none"),
     ("geolocation", "false", "also start evit_geolocation (geolocation.launch.py)"),
+    ("camera_info_topic", "camera/camera_info",
+     "sensor_msgs/CameraInfo of the camera (geolocation); follow camera_topic's namespace"),
+    ("pose_topic", "/mavros/local_position/pose",
+     "drone pose for geolocation: PoseStamped (MAVROS, ENU); see geolocation.launch.py for odometry"),
     ("log_level", "info", "evit_detector log level"),
 )
 
@@ -111,6 +115,8 @@ def generate_launch_description() -> LaunchDescription:
             "namespace": LaunchConfiguration("namespace"),
             "detections_topic": LaunchConfiguration("detections_topic"),
             "use_sim_time": LaunchConfiguration("use_sim_time"),
+            "camera_info_topic": LaunchConfiguration("camera_info_topic"),
+            "pose_topic": LaunchConfiguration("pose_topic"),
         }.items(),
         condition=IfCondition(LaunchConfiguration("geolocation")),
     )

@@ -22,7 +22,7 @@ PARAMS = ROOT / "config" / "detector.yaml"
 PROFILE = ROOT / "config" / "fastdds_large_frames.xml"
 DOCUMENTED = {"namespace", "camera_topic", "detections_topic", "model", "params_file", "backend",
               "use_sim_time", "fastdds_profile", "input_type", "qos_reliability", "bag",
-              "geolocation", "log_level"}
+              "geolocation", "camera_info_topic", "pose_topic", "log_level"}
 
 
 def _declared_arguments() -> dict:
