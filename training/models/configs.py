@@ -42,7 +42,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     "student": {"patch_size": 16, "input_size": 320, "embed_dim": 192, "depth": 12,
                 "num_heads": 3, "head_channels": 64, "drop_path_rate": 0.05},
     # Patch-8 variants at 160 px that learn something in minutes on a laptop CPU.
-    "teacher_tiny": {"patch_size": 8, "input_size": 160, "embed_dim": 192, "depth": 5,
+    "teacher_tiny": {"patch_size": 8, "input_size": 160, "embed_dim": 192, "depth": 4,
                      "num_heads": 3, "head_channels": 64},
     "student_tiny": {"patch_size": 8, "input_size": 160, "embed_dim": 128, "depth": 3,
                      "num_heads": 2, "head_channels": 48},
