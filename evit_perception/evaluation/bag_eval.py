@@ -193,7 +193,7 @@ def _run_live(reader: BagReader, topic: str, frames: List[FrameRecord], model: s
             replayer.wait_for_graph(node_timeout_s, alive=node.death_reason)
             recording = replayer.replay(rate=rate, max_frames=max_frames, progress=progress)
         if not recording.answers:
-            reader._note("the detector node answered no frame; its log ends:\n" + node.log_tail())
+            reader.note("the detector node answered no frame; its log ends:\n" + node.log_tail())
     finally:
         node.stop()
     published = {p.stamp_ns: p for p in recording.published}
@@ -212,7 +212,7 @@ def _run_live(reader: BagReader, topic: str, frames: List[FrameRecord], model: s
         rec.latency_ms = (arrived - published[stamp].wall_s) * 1e3
         rec.arrival_s = arrived - first_sent
     if recording.unmatched_answers:
-        reader._note(f"{recording.unmatched_answers} answer(s) of the node matched no replayed frame")
+        reader.note(f"{recording.unmatched_answers} answer(s) of the node matched no replayed frame")
 
 
 class DetectorProcess:
@@ -316,7 +316,7 @@ def _truth_from_coco(path: str, frames: List[FrameRecord], reader: BagReader) ->
         stamp_of = {im["id"]: int(im["stamp_ns"]) for im in images}
     else:
         if len(images) != len(frames):
-            reader._note(f"COCO {path}: {len(images)} images without stamp_ns for {len(frames)} "
+            reader.note(f"COCO {path}: {len(images)} images without stamp_ns for {len(frames)} "
                          "frames; matched by order as far as both go")
         ordered = sorted(images, key=lambda im: im["id"])
         stamp_of = {im["id"]: f.stamp_ns for im, f in zip(ordered, frames)}
@@ -435,7 +435,7 @@ def write_output_bag(reader: BagReader, topic: str, frames: Sequence[FrameRecord
                 continue
             copied = copy_connection(writer, store, conn)
             if copied is None:
-                reader._note(f"output bag: topic {conn.topic!r} ({conn.msgtype}) has no definition; left out")
+                reader.note(f"output bag: topic {conn.topic!r} ({conn.msgtype}) has no definition; left out")
             else:
                 conns[conn.id] = copied
         det_conn = writer.add_connection(detections_topic, DETECTIONS_TYPE, typestore=store)

@@ -253,7 +253,7 @@ class BagReader:
                 count += 1
                 yield conn, log_ns, raw
         except Exception as exc:  # any storage failure mid-file: keep what was read
-            self._note(f"storage of bag {self.path} is damaged after {count} messages "
+            self.note(f"storage of bag {self.path} is damaged after {count} messages "
                        f"({type(exc).__name__}: {exc}); results cover what was read")
 
     def deserialize(self, raw: bytes, msgtype: str) -> Any:
@@ -281,7 +281,7 @@ class BagReader:
             except (ImageConversionError, ValueError, IndexError, struct.error) as exc:
                 undecodable += 1
                 if undecodable == 1:
-                    self._note(f"topic {topic!r}: frame at {log_ns} ns cannot be decoded ({exc})")
+                    self.note(f"topic {topic!r}: frame at {log_ns} ns cannot be decoded ({exc})")
                 continue
             stamp = stamp_to_ns(msg.header.stamp)
             if stamp == 0:
@@ -290,10 +290,10 @@ class BagReader:
                            frame_id=str(msg.header.frame_id), stamp_from_header=stamp != 0)
             index += 1
         if unstamped:
-            self._note(f"topic {topic!r}: {unstamped} frame(s) have no header stamp (0); "
+            self.note(f"topic {topic!r}: {unstamped} frame(s) have no header stamp (0); "
                        "used the bag's receive time instead")
         if undecodable > 1:
-            self._note(f"topic {topic!r}: {undecodable} frames could not be decoded in all")
+            self.note(f"topic {topic!r}: {undecodable} frames could not be decoded in all")
 
     def read_detections(self, topic: str) -> Dict[int, BoxesAtStamp]:
         """Detection2DArray messages of ``topic`` keyed by header stamp (receive time if 0)."""
@@ -306,7 +306,8 @@ class BagReader:
             out[boxes.stamp_ns] = boxes
         return out
 
-    def _note(self, problem: str) -> None:
+    def note(self, problem: str) -> None:
+        """Add a problem to :attr:`problems` (once)."""
         if problem not in self.problems:
             self.problems.append(problem)
 

@@ -171,7 +171,7 @@ class BagReplayer:
         if bar is not None:
             bar.close()
         if restamped:
-            self.reader._note(f"topic {self.image_topic!r}: {restamped} frame(s) had no header stamp; "
+            self.reader.note(f"topic {self.image_topic!r}: {restamped} frame(s) had no header stamp; "
                               "replayed with the bag's receive time as stamp")
         wanted = {p.stamp_ns for p in self.recording.published}
         deadline = time.monotonic() + drain_s
