@@ -15,6 +15,7 @@ setup(
     packages=find_packages(include=[PACKAGE, PACKAGE + ".*"])
     + ["evit_training" + p[len("training"):] for p in find_packages(include=["training", "training.*"])],
     package_dir={"evit_training": "training"},
+    package_data={"evit_training": ["configs/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
