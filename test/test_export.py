@@ -100,6 +100,17 @@ def test_node_detector_matches_torch_pipeline(model, exported):
     np.testing.assert_array_equal(dets.class_ids[order], rows[:, 5].astype(np.int32))
 
 
+def test_patch16_model_with_two_upsampling_stages_exports_equivalently(tmp_path):
+    torch.manual_seed(4)
+    net = create_detector("test_micro", patch_size=16).eval()
+    with torch.no_grad():
+        net.head.heatmap[-1].weight.normal_(0, 2.0)
+    path = export_onnx(net, tmp_path / "p16.onnx", max_detections=20)
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert contract_from_metadata(meta, "p16").extra["export"]["max_abs_diff"] < 1e-4
+    assert graph_op_types(path)["ConvTranspose"] == 2
+
+
 def test_export_rejects_wrong_sizes(model, tmp_path):
     with pytest.raises(ValueError, match="fixed input size 64"):
         export_onnx(model, tmp_path / "bad.onnx", input_size=96)

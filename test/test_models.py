@@ -110,3 +110,15 @@ def test_timm_checkpoint_with_other_width_is_rejected_by_name(tmp_path):
     torch.save(vit.state_dict(), path)
     with pytest.raises(CheckpointError, match="blocks.0"):
         load_timm_backbone(create_detector("test_micro"), path)
+
+
+def test_per_block_structure_rebuilds_and_reads_back(tmp_path):
+    blocks = [{"num_heads": 1, "head_dim": 16, "mlp_hidden": 40}, {"num_heads": 2, "head_dim": 16, "mlp_hidden": 128}]
+    model = create_detector("test_micro", blocks=blocks).eval()
+    assert model.backbone.blocks[0].attn.qkv.out_features == 48
+    assert model.config_from_modules()["blocks"] == blocks
+    again = load_model(save_checkpoint(model, tmp_path / "heads.pt"))
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(model(x)["size"], again(x)["size"])
+    # Uniform blocks collapse back to the plain description.
+    assert create_detector("test_micro").config_from_modules()["blocks"] is None
