@@ -10,7 +10,7 @@ so training sees exactly the geometry the node feeds the model; ``target`` a dic
 
 Train-time augmentation (``train=True``): random zoom in/out with a random crop, horizontal
 flip (vertical flip optional, for nadir-only data), HSV/exposure jitter. Boxes stay exact:
-they are transformed with the image, clipped, and dropped when less than 40 % of the box
+they are transformed with the image, clipped, and dropped when less than 30 % of the box
 stays inside the crop or a side falls under 2 input pixels.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from evit_perception.preprocess import ImageTransform, letterbox
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PAD_VALUE = 114
 #: Boxes keeping less than this fraction of their area after a crop are dropped.
-MIN_KEPT_AREA = 0.4
+MIN_KEPT_AREA = 0.3
 MIN_BOX_SIDE = 2.0
 
 PathLike = Union[str, os.PathLike]

@@ -23,7 +23,7 @@ from .camera import PinholeCamera
 #: Label indices follow ``CLASS_NAMES`` in synthetic.py.
 PERSON, VEHICLE, OBSTACLE = 0, 1, 2
 #: An object is kept when at least this fraction of its own pixels stays visible ...
-MIN_VISIBLE_FRACTION = 0.4
+MIN_VISIBLE_FRACTION = 0.3
 #: ... and its visible box is at least this many pixels on each side.
 MIN_BOX_SIDE = 2.0
 
@@ -183,7 +183,7 @@ def _tree(o: SceneObject) -> List[Part]:
 def _pole(o: SceneObject) -> List[Part]:
     _, _, height = o.dims
     color = o.colors[0]
-    parts = [Part(box_points(o.x, o.y, 0.0, 0.28, 0.28, height, o.heading), color, _shade(color, 1.2), _TOP)]
+    parts = [Part(box_points(o.x, o.y, 0.0, 0.35, 0.35, height, o.heading), color, _shade(color, 1.2), _TOP)]
     if o.extra.get("crossarm", False):
         parts.append(Part(box_points(o.x, o.y, height - 0.6, 2.0, 0.15, 0.15, o.heading), _shade(color, 0.8),
                           color, _TOP))
@@ -244,7 +244,7 @@ def make_vehicle(rng: np.random.Generator, x: float, y: float, heading: float) -
 def make_obstacle(rng: np.random.Generator, x: float, y: float, sun_xy: Tuple[float, float],
                   kind: Optional[str] = None) -> SceneObject:
     """A tree (most often), a pole or a small building (or the given ``kind``)."""
-    kind = kind or str(rng.choice(["tree", "tree", "tree", "pole", "building"]))
+    kind = kind or str(rng.choice(["tree", "tree", "tree", "tree", "pole", "building"]))
     heading = float(rng.uniform(0, 2 * math.pi))
     if kind == "tree":
         r = float(rng.uniform(1.2, 3.2))

@@ -40,9 +40,9 @@ def motion_blur_kernel(length: int, angle: float) -> np.ndarray:
 def sample_sensor(rng: np.random.Generator, strength: float = 1.0) -> SensorSettings:
     """Random settings; ``strength`` 0 gives a clean image, 1 the full range."""
     blur_len, blur_angle, defocus = 0, 0.0, 0.0
-    if rng.random() < 0.35 * strength:
-        blur_len, blur_angle = int(rng.integers(3, 8)), float(rng.uniform(0, math.pi))
-    elif rng.random() < 0.3 * strength:
+    if rng.random() < 0.2 * strength:
+        blur_len, blur_angle = int(rng.integers(3, 7)), float(rng.uniform(0, math.pi))
+    elif rng.random() < 0.2 * strength:
         defocus = float(rng.uniform(0.5, 1.1))
     spread = 0.35 * strength
     gain = rng.uniform(1 - spread, 1 + spread) * rng.uniform(1 - 0.08 * strength, 1 + 0.08 * strength, 3)
@@ -50,7 +50,7 @@ def sample_sensor(rng: np.random.Generator, strength: float = 1.0) -> SensorSett
                           gamma=float(rng.uniform(1 - 0.2 * strength, 1 + 0.25 * strength)),
                           vignetting=float(rng.uniform(0.1, 0.3)) if rng.random() < 0.4 * strength else 0.0,
                           motion_blur_px=blur_len, motion_blur_angle=blur_angle, defocus_sigma=defocus,
-                          noise_sigma=float(rng.uniform(1.0, 7.0) * strength))
+                          noise_sigma=float(rng.uniform(1.0, 5.0) * strength))
 
 
 def apply_sensor_settings(rng: np.random.Generator, bgr: np.ndarray, s: SensorSettings,

@@ -5,9 +5,9 @@ down (nadir) or forward-down (oblique) at procedurally textured ground (:mod:`.t
 carrying persons standing and lying, vehicles and obstacles (:mod:`.objects`) under one sun,
 then the sensor adds blur, exposure and noise (:mod:`.sensor`).
 
-Object sizes follow the image: a person spans about 7-20 px at 320 px (scaled by
-``sqrt(min(W, H) / 320)`` at other sizes), vehicles ~15-50 px, obstacles up to ~100 px.
-Box rule: clipped to the image, dropped when under 2 px wide or high or when less than 40 %
+Object sizes follow the image: a person spans about 7-20 px at 320 px and below (scaled by
+``sqrt(min(W, H) / 320)`` above 320), vehicles ~15-50 px, obstacles up to ~100 px.
+Box rule: clipped to the image, dropped when under 2 px wide or high or when less than 30 %
 of the object stays visible (hidden by nearer objects or outside the frame).
 """
 from __future__ import annotations
@@ -64,7 +64,8 @@ def random_camera(rng: np.random.Generator, width: int, height: int,
     else:
         pitch = math.radians(float(rng.uniform(35.0, 65.0)))
     # metres per pixel at the image centre, from the wanted person size in pixels
-    person_px = rng.uniform(7.0, 20.0) * math.sqrt(min(width, height) / 320.0)
+    # never smaller than at 320 px: small training sizes must stay learnable
+    person_px = rng.uniform(7.0, 20.0) * max(1.0, math.sqrt(min(width, height) / 320.0))
     gsd = 1.75 / person_px
     altitude = float(np.clip(gsd * f * math.sin(pitch), 8.0, 150.0))
     cam = PinholeCamera.from_fov(width, height, hfov, (0.0, 0.0, altitude), float(rng.uniform(0, 2 * math.pi)),
@@ -152,7 +153,7 @@ def populate(rng: np.random.Generator, cam: PinholeCamera, ground: GroundModel,
                 placed.append(o)
                 break
     n_persons = counts.get("person", 0)
-    lying_p = 0.7 if cam.pitch > math.radians(75) else 0.3
+    lying_p = 0.8 if cam.pitch > math.radians(75) else 0.3
     anchor = None
     for i in range(n_persons):
         for _try in range(6):

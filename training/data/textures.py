@@ -288,7 +288,8 @@ def make_ground_model(rng: np.random.Generator, lo: Sequence[float], hi: Sequenc
     """A random ground covering the world box ``lo..hi`` (metres): 1-3 terrains, maybe roads."""
     lo_a, hi_a = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     if not terrains:
-        base = str(rng.choice(["grass", "grass", "sand", "rubble", "forest"]))
+        # forest floor hides trees and persons alike: a base only now and then
+        base = str(rng.choice(["grass", "grass", "grass", "sand", "sand", "rubble", "forest"]))
         extra = [str(t) for t in rng.permutation(["grass", "forest", "water", "sand", "rubble"]) if t != base]
         terrains = [base] + extra[: int(rng.integers(0, 3))]
     layers = [TerrainLayer(terrains[0], _tile_transform(rng))]
