@@ -388,6 +388,7 @@ class Trainer:
                             objective=objective.state_dict() if objective is not None else None,
                             rng=_rng_state(), history=self.history.state_dict(),
                             train_config=asdict(self.cfg))
+            self.history.save(self.out_dir, "distill" if self.kd else "train")  # progress of long runs
             if self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0 and self.cfg.keep_checkpoints:
                 folder = self.out_dir / "checkpoints"
                 folder.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ export asserts the graph has none at opset <= 16.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -128,7 +129,7 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], input_size: Opt
     """
     import onnx
 
-    net = unwrap(model).cpu().eval()
+    net = copy.deepcopy(unwrap(model)).cpu().eval()  # export on CPU without moving the caller's model
     cfg = getattr(net, "config", {})
     size = int(input_size or cfg["input_size"])
     if size != int(cfg.get("input_size", size)):
