@@ -44,16 +44,18 @@ def _pair(seed: int = 0):
     return teacher, student
 
 
-@pytest.mark.parametrize("num_classes,chans,size,patch", [(0, 3, 64, 8), (10, 1, 32, 4)])
-def test_generator_output_shape_and_range(num_classes, chans, size, patch):
+@pytest.mark.parametrize("num_classes,chans,size,patch,decoder,upsample", [
+    (0, 3, 64, 8, "linear", 1), (10, 1, 32, 4, "linear", 2), (0, 3, 64, 16, "conv", 1), (10, 1, 32, 8, "conv", 1)])
+def test_generator_output_shape_and_range(num_classes, chans, size, patch, decoder, upsample):
     gen = TransformerGenerator(image_size=size, out_chans=chans, patch_size=patch, latent_dim=8, embed_dim=16,
-                               depth=1, num_heads=2, num_classes=num_classes)
+                               depth=1, num_heads=2, num_classes=num_classes, decoder=decoder, upsample=upsample,
+                               output_gain=3.0)
     latent = gen.sample_latent(6, torch.Generator().manual_seed(0))
     labels = torch.arange(6) % num_classes if num_classes else None
     # Push the pixel head far out of range: the fixed output normalisation must still hold.
     with torch.no_grad():
-        gen.to_pixels.weight.mul_(100.0)
-        gen.to_pixels.bias.add_(50.0)
+        for param in gen.to_pixels.parameters():
+            param.mul_(100.0).add_(50.0)
     images = gen(latent, labels)
     assert images.shape == (6, chans, size, size)
     assert float(images.min().detach()) >= 0.0 and float(images.max().detach()) <= 1.0
@@ -65,6 +67,10 @@ def test_generator_output_shape_and_range(num_classes, chans, size, patch):
 def test_generator_rejects_bad_input():
     with pytest.raises(ValueError, match="divisible"):
         TransformerGenerator(image_size=30, patch_size=4)
+    with pytest.raises(ValueError, match="decoder"):
+        TransformerGenerator(image_size=32, patch_size=4, decoder="deconv")
+    with pytest.raises(ValueError, match="power-of-two"):
+        TransformerGenerator(image_size=36, patch_size=6, decoder="conv")
     gen = TransformerGenerator(image_size=32, out_chans=1, patch_size=8, latent_dim=8, embed_dim=16, depth=1,
                                num_heads=2, num_classes=10)
     with pytest.raises(ValueError, match="latent must be"):

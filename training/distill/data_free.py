@@ -76,6 +76,10 @@ class DataFreeConfig:
     seed: int = 0
     # generator architecture (image size / channels come from the teacher)
     generator_patch_size: int = 4
+    generator_upsample: int = 1         # synthesise at image_size / this, resize bilinearly
+    generator_output_gain: float = 1.0  # contrast of the generated images (see TransformerGenerator)
+    generator_decoder: str = "linear"   # "linear" (pixel shuffle) or "conv" (upsample + conv stages)
+    generator_output_affine: bool = False  # learnable brightness/contrast after the output norm
     generator_latent_dim: int = 32
     generator_embed_dim: int = 96
     generator_depth: int = 2
@@ -88,6 +92,7 @@ class DataFreeConfig:
     w_confidence: float = 1.0
     w_class_balance: float = 1.0
     w_total_variation: float = 0.0
+    w_diversity: float = 0.0            # mode seeking: images from different latents must differ
     adversarial_clip: float = 5.0       # the gap the generator chases is clamped per image
     # student loss weights
     w_kl: float = 1.0
@@ -251,6 +256,17 @@ def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     return kl.mean() if reduction == "batchmean" else kl
 
 
+def batch_diversity(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean distance between each image (and its teacher tokens) and its batch neighbour.
+
+    A mode-seeking term: maximised, it stops a (conditional) generator from drawing one
+    image per class whatever the noise says.
+    """
+    pixel = (images - images.roll(1, 0)).abs().flatten(1).mean(1)
+    feats = F.normalize(tokens.float().mean(1), dim=-1)
+    return (pixel + (feats - feats.roll(1, 0)).norm(dim=-1)).mean()
+
+
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between neighbouring pixels."""
     return (images[..., 1:, :] - images[..., :-1, :]).abs().mean() + \
@@ -333,7 +349,9 @@ class DataFreeDistiller:
             image_size=self.image_size, out_chans=self.in_chans, patch_size=self.cfg.generator_patch_size,
             latent_dim=self.cfg.generator_latent_dim, embed_dim=self.cfg.generator_embed_dim,
             depth=self.cfg.generator_depth, num_heads=self.cfg.generator_heads,
-            num_classes=self.num_classes if conditional else 0)
+            num_classes=self.num_classes if conditional else 0, upsample=self.cfg.generator_upsample,
+            output_gain=self.cfg.generator_output_gain, decoder=self.cfg.generator_decoder,
+            output_affine=self.cfg.generator_output_affine)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_generator, betas=(0.5, 0.999))
         self.opt_s = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr_student,
                                        weight_decay=self.cfg.weight_decay)
@@ -455,6 +473,8 @@ class DataFreeDistiller:
             terms["balance"] = cfg.w_class_balance * balance
         if cfg.w_total_variation:
             terms["tv"] = cfg.w_total_variation * total_variation(images)
+        if cfg.w_diversity:
+            terms["diversity"] = -cfg.w_diversity * batch_diversity(images, t_tokens)
         if adversarial and cfg.w_adversarial:
             s_out, _ = self.student_view(images)
             gap = self._discrepancy(s_out, t_out).clamp(max=cfg.adversarial_clip).mean()

@@ -10,13 +10,16 @@ every model in this project.
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
+
+DECODERS = ("linear", "conv")
 
 
 class TransformerGenerator(nn.Module):
@@ -30,14 +33,29 @@ class TransformerGenerator(nn.Module):
         embed_dim, depth, num_heads, mlp_ratio: the transformer trunk.
         num_classes: > 0 makes the generator class-conditional (a label embedding is added to
             every token), so a target class can be requested per image.
+        upsample: the transformer draws ``image_size / upsample`` pixels a side, then resizes.
+        decoder: ``"linear"`` maps each token to its patch's pixels (pixel shuffle);
+            ``"conv"`` reads the token grid as a feature map and doubles its resolution with
+            upsample + 3x3 conv stages (TransGAN-style), a stronger local smoothness prior.
+        output_affine: let the generator learn a per-channel brightness/contrast after the
+            normalisation (the sigmoid still bounds the range); without it every batch has
+            half its pixels above 0.5, which real images (dark backgrounds) rarely do.
+        output_gain: multiplies the normalised output before the sigmoid; > 1 gives
+            high-contrast, nearly two-level images (ink on paper), 1 gives soft grey images.
     """
 
     def __init__(self, image_size: int = 32, out_chans: int = 3, patch_size: int = 4, latent_dim: int = 32,
                  embed_dim: int = 96, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0,
-                 num_classes: int = 0) -> None:
+                 num_classes: int = 0, upsample: int = 1, output_gain: float = 1.0,
+                 decoder: str = "linear", output_affine: bool = False) -> None:
         super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+        if upsample < 1 or image_size % upsample:
+            raise ValueError(f"upsample must be a positive divisor of image_size {image_size}, got {upsample}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if (image_size // upsample) % patch_size:
+            raise ValueError(f"image_size {image_size} / upsample {upsample} is not divisible by "
+                             f"patch_size {patch_size}")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.image_size = image_size
@@ -45,7 +63,9 @@ class TransformerGenerator(nn.Module):
         self.patch_size = patch_size
         self.latent_dim = latent_dim
         self.num_classes = num_classes
-        self.grid = image_size // patch_size
+        self.upsample = upsample
+        self.output_gain = float(output_gain)
+        self.grid = image_size // upsample // patch_size
         self.num_tokens = self.grid * self.grid
         self.latent_proj = nn.Linear(latent_dim, embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, embed_dim))
@@ -53,9 +73,24 @@ class TransformerGenerator(nn.Module):
         self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True)
                                       for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim)
-        self.to_pixels = nn.Linear(embed_dim, out_chans * patch_size * patch_size)
+        self.decoder = decoder
+        if decoder == "linear":
+            self.to_pixels = nn.Linear(embed_dim, out_chans * patch_size * patch_size)
+        else:
+            stages = int(round(math.log2(patch_size)))
+            if 2 ** stages != patch_size:
+                raise ValueError(f"the conv decoder needs a power-of-two patch_size, got {patch_size}")
+            layers: List[nn.Module] = []
+            width = embed_dim
+            for _ in range(stages):
+                out_width = max(16, width // 2)
+                layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                           nn.Conv2d(width, out_width, 3, padding=1), nn.GELU()]
+                width = out_width
+            layers.append(nn.Conv2d(width, out_chans, 3, padding=1))
+            self.to_pixels = nn.Sequential(*layers)
         self.smooth = nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1)
-        self.output_norm = nn.BatchNorm2d(out_chans, affine=False)
+        self.output_norm = nn.BatchNorm2d(out_chans, affine=output_affine)
         trunc_normal_(self.pos_embed, std=0.02)
 
     def sample_latent(self, batch_size: int, generator: Optional[torch.Generator] = None,
@@ -73,9 +108,14 @@ class TransformerGenerator(nn.Module):
                 raise ValueError("this generator is class-conditional: pass labels (B,)")
             tokens = tokens + self.class_embed(labels).unsqueeze(1)
         tokens = self.norm(self.blocks(tokens))
-        patches = self.to_pixels(tokens)                                  # (B, N, C*p*p)
-        b = patches.shape[0]
-        patches = patches.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
-        image = F.pixel_shuffle(patches, self.patch_size)                # (B, C, H, W)
+        b = tokens.shape[0]
+        if self.decoder == "linear":
+            patches = self.to_pixels(tokens)                              # (B, N, C*p*p)
+            patches = patches.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
+            image = F.pixel_shuffle(patches, self.patch_size)            # (B, C, H/u, W/u)
+        else:
+            image = self.to_pixels(tokens.transpose(1, 2).reshape(b, -1, self.grid, self.grid))
+        if self.upsample > 1:
+            image = F.interpolate(image, scale_factor=self.upsample, mode="bilinear", align_corners=False)
         image = image + self.smooth(image)
-        return torch.sigmoid(self.output_norm(image))
+        return torch.sigmoid(self.output_gain * self.output_norm(image))
