@@ -123,3 +123,22 @@ def test_export_fails_loudly_on_numerical_mismatch(model, tmp_path, monkeypatch)
     sample = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with pytest.raises(ExportError, match="differs from torch"):
         export_onnx(model, tmp_path / "strict.onnx", tolerance=-1.0, sample=sample)
+
+
+def test_evit_export_command(model, tmp_path):
+    from typer.testing import CliRunner
+
+    from evit_training.cli import app
+    from evit_training.models.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(model, tmp_path / "m.pt", metrics={"map50": 0.5})
+    out = tmp_path / "cli.onnx"
+    result = CliRunner().invoke(app, ["export", str(ckpt), str(out), "--max-detections", "10"])
+    assert result.exit_code == 0, result.output
+    meta = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    contract = contract_from_metadata(meta, "cli")
+    assert contract.extra["metrics"]["map50"] == 0.5 and contract.extra["export"]["max_detections"] == 10
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(app, ["export", str(bad), str(tmp_path / "x.onnx")])
+    assert result.exit_code != 0 and "cannot read checkpoint" in result.output

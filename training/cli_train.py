@@ -18,6 +18,18 @@ def _load(config: Path, out_dir: Optional[Path], steps: Optional[int], device: O
         raise typer.BadParameter(str(exc), param_hint="CONFIG")
 
 
+def _fail(exc: Exception) -> None:
+    """One clear line for a user error (missing file, bad checkpoint), no traceback."""
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _user_errors():
+    from evit_training.config import ConfigError
+    from evit_training.models.checkpoint import CheckpointError
+    return (ConfigError, CheckpointError, FileNotFoundError)
+
+
 def _echo_result(result: dict) -> None:
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the main process reports
         typer.echo(json.dumps(result, indent=1, default=str))
@@ -36,7 +48,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a detector (multi-GPU: torchrun --nproc_per_node=N -m evit_training.cli train ...)."""
         from evit_training.engine.run import run_training
-        _echo_result(run_training(_load(config, out_dir, steps, device), distill=False, resume=resume))
+        cfg = _load(config, out_dir, steps, device)
+        try:
+            result = run_training(cfg, distill=False, resume=resume)
+        except _user_errors() as exc:
+            _fail(exc)
+        _echo_result(result)
 
     @app.command("distill")
     def distill_cmd(
@@ -55,7 +72,11 @@ def register(app: typer.Typer) -> None:
             raw = read_yaml(config)
             if teacher:
                 raw["teacher"] = str(teacher)
-            _echo_result(run_from_config(raw, out_dir=out_dir, resume=resume))
+            try:
+                result = run_from_config(raw, out_dir=out_dir, resume=resume)
+            except _user_errors() as exc:
+                _fail(exc)
+            _echo_result(result)
             return
         from evit_training.engine.run import run_training
         cfg = _load(config, out_dir, steps, device)
@@ -63,7 +84,11 @@ def register(app: typer.Typer) -> None:
             from evit_training.distill.objective import KDConfig
             cfg.kd = cfg.kd or KDConfig()
             cfg.kd.teacher = str(teacher)
-        _echo_result(run_training(cfg, distill=True, resume=resume))
+        try:
+            result = run_training(cfg, distill=True, resume=resume)
+        except _user_errors() as exc:
+            _fail(exc)
+        _echo_result(result)
 
     @app.command("export")
     def export_cmd(
