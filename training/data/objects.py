@@ -86,17 +86,20 @@ def box_points(cx: float, cy: float, z0: float, length: float, width: float, hei
 
 
 _TOP = (4, 5, 6, 7)
-_RING = np.linspace(0, 2 * math.pi, 12, endpoint=False)
+def _unit_ellipsoid() -> np.ndarray:
+    ring = np.linspace(0, 2 * math.pi, 12, endpoint=False)
+    pts = [(0.0, 0.0, 1.0), (0.0, 0.0, -1.0)]
+    for lat in (-0.6, 0.0, 0.6):
+        pts.extend(zip(math.cos(lat) * np.cos(ring), math.cos(lat) * np.sin(ring), np.full(12, math.sin(lat))))
+    return np.asarray(pts, dtype=np.float64)
+
+
+_UNIT_ELLIPSOID = _unit_ellipsoid()
 
 
 def ellipsoid_points(cx: float, cy: float, zc: float, rx: float, ry: float, rz: float) -> np.ndarray:
     """Points on three latitude rings and the poles of an axis-aligned ellipsoid."""
-    pts = [(cx, cy, zc + rz), (cx, cy, zc - rz)]
-    for lat in (-0.6, 0.0, 0.6):
-        r = math.cos(lat)
-        pts.extend(zip(cx + rx * r * np.cos(_RING), cy + ry * r * np.sin(_RING),
-                       np.full(12, zc + rz * math.sin(lat))))
-    return np.asarray(pts, dtype=np.float64)
+    return _UNIT_ELLIPSOID * (rx, ry, rz) + (cx, cy, zc)
 
 
 def _along(obj: SceneObject, d: float, side: float = 0.0) -> Tuple[float, float]:

@@ -140,6 +140,15 @@ class Road:
     line: np.ndarray  # (N, 2)
     width: float
     paved: bool
+    _quads: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default=None, repr=False)
+
+    def quads(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(surface quads (Q, 4, 2), their centres (Q, 2), dash quads, their centres)``, made once."""
+        if self._quads is None:
+            surface = _strip_quads(self.line, self.width, step=2.0)
+            dashes = _dash_quads(self.line) if self.paved else np.zeros((0, 4, 2))
+            self._quads = (surface, surface.mean(axis=1), dashes, dashes.mean(axis=1))
+        return self._quads
 
 
 @dataclass
@@ -194,9 +203,12 @@ class GroundModel:
             for road in self.roads:
                 if road.paved != paved:
                     continue
-                _fill_ground_quads(mask, _strip_quads(road.line, road.width, lo, hi, step=2.0), ground_to_image)
-                if paved:
-                    _fill_ground_quads(marks, _dash_quads(road.line, lo, hi), ground_to_image)
+                surface, s_centre, dashes, d_centre = road.quads()
+                # only the pieces near the visible ground (far ones could sit behind the camera)
+                _fill_ground_quads(mask, surface[np.all((s_centre >= lo) & (s_centre <= hi), axis=1)],
+                                   ground_to_image)
+                _fill_ground_quads(marks, dashes[np.all((d_centre >= lo) & (d_centre <= hi), axis=1)],
+                                   ground_to_image)
             if not mask.any():
                 continue
             wmask = mask.astype(np.float32) * (1.0 / 255.0)
@@ -217,39 +229,33 @@ def _resample(line: np.ndarray, step: float) -> Tuple[np.ndarray, np.ndarray]:
     return np.stack([np.interp(dense, s, line[:, 0]), np.interp(dense, s, line[:, 1])], axis=1), dense
 
 
-def _strip_quads(line: np.ndarray, width: float, lo: np.ndarray, hi: np.ndarray, step: float,
-                 offset: float = 0.0) -> List[np.ndarray]:
-    """World quads covering a strip of ``width`` along ``line`` within the box ``lo..hi``."""
+def _strip_quads(line: np.ndarray, width: float, step: float) -> np.ndarray:
+    """World quads ``(Q, 4, 2)`` covering a strip of ``width`` along ``line``."""
     pts, _ = _resample(line, step)
     if len(pts) < 2:
-        return []
+        return np.zeros((0, 4, 2))
     d = np.gradient(pts, axis=0)
     d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
-    normal = np.stack([-d[:, 1], d[:, 0]], axis=1)
-    left = pts + normal * (offset + width / 2)
-    right = pts + normal * (offset - width / 2)
-    inside = np.all((pts >= lo) & (pts <= hi), axis=1)
-    quads = []
-    for i in np.flatnonzero(inside[:-1] | inside[1:]):
-        quads.append(np.array([left[i], left[i + 1], right[i + 1], right[i]]))
-    return quads
+    normal = np.stack([-d[:, 1], d[:, 0]], axis=1) * (width / 2)
+    left, right = pts + normal, pts - normal
+    return np.stack([left[:-1], left[1:], right[1:], right[:-1]], axis=1)
 
 
-def _dash_quads(line: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> List[np.ndarray]:
-    """Dashed centre marking: 3 m dashes every 9 m, 0.15 m wide."""
+def _dash_quads(line: np.ndarray) -> np.ndarray:
+    """Dashed centre marking: 3 m dashes every 9 m, 0.15 m wide, as quads ``(Q, 4, 2)``."""
     pts, s = _resample(line, 1.0)
-    quads = []
-    for i in range(len(pts) - 1):
-        if (s[i] % 9.0) < 3.0 and np.all((pts[i] >= lo) & (pts[i] <= hi)):
-            d = pts[i + 1] - pts[i]
-            n = np.array([-d[1], d[0]]) / max(np.linalg.norm(d), 1e-9) * 0.075
-            quads.append(np.array([pts[i] + n, pts[i + 1] + n, pts[i + 1] - n, pts[i] - n]))
-    return quads
+    if len(pts) < 2:
+        return np.zeros((0, 4, 2))
+    on = np.flatnonzero((s[:-1] % 9.0) < 3.0)
+    a, b = pts[on], pts[on + 1]
+    d = b - a
+    n = np.stack([-d[:, 1], d[:, 0]], axis=1) / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9) * 0.075
+    return np.stack([a + n, b + n, b - n, a - n], axis=1)
 
 
-def _fill_ground_quads(mask: np.ndarray, quads: List[np.ndarray], ground_to_image: np.ndarray) -> None:
-    """Project world quads ``(4, 2)`` into ``mask`` (255 inside), skipping any behind the camera."""
-    if not quads:
+def _fill_ground_quads(mask: np.ndarray, quads: np.ndarray, ground_to_image: np.ndarray) -> None:
+    """Project world quads ``(Q, 4, 2)`` into ``mask`` (255 inside), skipping any behind the camera."""
+    if len(quads) == 0:
         return
     q = np.asarray(quads, np.float64)  # (Q, 4, 2)
     p = q @ ground_to_image[:, :2].T + ground_to_image[:, 2]
