@@ -190,3 +190,16 @@ def test_bad_configs_are_named(tmp_path):
     teacher, _ = _pair()
     with pytest.raises(ValueError, match="differ"):
         DataFreeDistiller(teacher, create_classifier("digits_micro", img_size=48), _tiny_cfg(), tmp_path)
+
+
+def test_stats_targets_from_a_few_real_images(tmp_path):
+    from evit_training.classification import load_digits_split
+
+    teacher, student = _pair()
+    real = load_digits_split()[0].subset(20).images
+    noise_targets = DataFreeDistiller(teacher, student, _tiny_cfg(), tmp_path / "a").stat_targets
+    real_targets = DataFreeDistiller(teacher, student, _tiny_cfg(), tmp_path / "b", stats_images=real).stat_targets
+    assert len(real_targets) == len(noise_targets) == len(teacher.backbone.blocks)
+    assert not torch.allclose(real_targets[0][0], noise_targets[0][0])
+    with pytest.raises(ValueError, match="stats_images must be"):
+        DataFreeDistiller(teacher, student, _tiny_cfg(), tmp_path / "c", stats_images=torch.rand(4, 3, 32, 32))

@@ -318,11 +318,16 @@ class DataFreeDistiller:
         out_dir: checkpoints (``last.pt``), ``samples/step_XXXXXX.png`` grids, ``history.json``.
         task: ``"classification"`` (logits) or ``"detection"`` (dense CenterNet maps).
         resume: continue from ``out_dir/last.pt`` when it exists.
+        stats_images: optional few real images ``(N, C, H, W)`` in [0, 1]; when given, the
+            token-statistics targets are recorded from the teacher on them instead of on
+            smooth noise (the "tiny real subset" variant: a real DeepInversion-style prior;
+            the student still never trains on them).
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: Optional[DataFreeConfig] = None,
                  out_dir: Union[str, Path] = "runs/data_free", task: str = "classification",
-                 resume: bool = True, show_progress: bool = True) -> None:
+                 resume: bool = True, show_progress: bool = True,
+                 stats_images: Optional[torch.Tensor] = None) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.cfg = cfg or DataFreeConfig()
@@ -357,7 +362,7 @@ class DataFreeDistiller:
                                        weight_decay=self.cfg.weight_decay)
         self.sched_s = torch.optim.lr_scheduler.LambdaLR(self.opt_s, _budget_factor(self.cfg.steps))
         self.bank = SyntheticMemoryBank(self.cfg.memory_bank_size, (self.in_chans, self.image_size, self.image_size))
-        self.stat_targets = self._record_stat_targets()
+        self.stat_targets = self._record_stat_targets(stats_images)
         self.step = 0
         self.warmup_done = 0
         self.history: List[Dict[str, float]] = []
@@ -373,8 +378,20 @@ class DataFreeDistiller:
         return int(out["heatmap"].shape[1] if self.task == "detection" else out.shape[1])
 
     @torch.no_grad()
-    def _record_stat_targets(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """Teacher token statistics on random smooth noise (see the module docstring)."""
+    def _record_stat_targets(self, images: Optional[torch.Tensor] = None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Teacher token statistics on random smooth noise (see the module docstring), or on
+        the few real ``images`` when given."""
+        if images is not None:
+            expected = (self.in_chans, self.image_size, self.image_size)
+            if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+                raise ValueError(f"stats_images must be (N, {expected[0]}, {expected[1]}, {expected[2]}), "
+                                 f"got {tuple(images.shape)}")
+            collected_real = []
+            for start in range(0, len(images), 64):
+                self.teacher_view(images[start:start + 64].float())
+                collected_real.append([x.detach() for x in self.teacher_view.norm_inputs])
+            per_block = [torch.cat([batch[b] for batch in collected_real]) for b in range(len(collected_real[0]))]
+            return [(m.detach(), s.detach()) for m, s in token_statistics(per_block)]
         noise_rng = torch.Generator().manual_seed(self.cfg.seed + 2)
         collected: List[List[torch.Tensor]] = []
         for i in range(max(1, self.cfg.stats_batches)):
