@@ -228,6 +228,16 @@ def test_flight_is_coherent_and_its_geometry_is_published():
             assert x0 - pad <= uu <= x1 + pad and y0 - pad <= vv <= y1 + pad
 
 
+def test_pose_is_rep103_rpy_of_the_camera_link():
+    """The geolocation half can rebuild the camera rotation from the published angles."""
+    from evit_perception.geolocation.frames import LINK_OPTICAL, rpy_to_matrix
+
+    for yaw, pitch, roll in [(0.3, 0.9, 0.0), (2.0, math.pi / 2, 0.04), (-1.1, 0.7, -0.05)]:
+        cam = PinholeCamera.from_fov(640, 480, 60.0, (1.0, 2.0, 30.0), yaw, pitch, roll)
+        expected = rpy_to_matrix(roll, pitch, yaw) @ LINK_OPTICAL
+        assert cam.rotation_world_from_camera == pytest.approx(expected, abs=1e-12)
+
+
 def test_flight_rejects_bad_arguments():
     with pytest.raises(ValueError, match="fps"):
         next(generate_flight(2, fps=0.0))

@@ -8,7 +8,10 @@ OpenCV optical frame (x right, y down, z forward). A pose is a position plus thr
 - ``pitch``: depression of the optical axis below the horizon, radians (``pi/2`` = nadir);
 - ``roll``: rotation about the optical axis, radians (positive turns the image clockwise).
 
-Flights publish exactly these numbers, so bags and geolocation share known geometry.
+These are the REP-103 fixed-axis roll/pitch/yaw of an FLU camera link (x forward along
+the axis), so ``R_world_optical = Rz(yaw) @ Ry(pitch) @ Rx(roll) @ LINK_OPTICAL``
+(``evit_perception.geolocation.frames.rpy_to_matrix`` and ``LINK_OPTICAL``). Flights publish
+exactly these numbers, so bags and geolocation share known geometry.
 """
 from __future__ import annotations
 
