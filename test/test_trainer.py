@@ -50,6 +50,15 @@ def test_lr_schedule_warms_up_and_decays_within_the_budget():
     assert f[-1] < 0.03 and all(a >= b for a, b in zip(f[10:], f[11:]))
 
 
+def test_ranks_get_disjoint_equal_shards():
+    from evit_training.engine.distributed import DistContext
+    trainer = Trainer(create_detector("test_micro"), list(range(11)), _cfg(), "unused")
+    shards = [trainer._batches(0, DistContext(rank=r, world_size=2), 3) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 1  # equal step counts, or DDP would hang
+    flat = [i for shard in shards for batch in shard for i in batch]
+    assert len(flat) == len(set(flat)) == 6
+
+
 def test_training_lowers_the_loss_and_writes_outputs(scenes, tmp_path):
     torch.manual_seed(0)
     model = create_detector("test_micro")

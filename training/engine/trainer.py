@@ -188,6 +188,9 @@ class Trainer:
     def _batches(self, epoch: int, ctx: DistContext, per_rank: int) -> List[List[int]]:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
         order = torch.randperm(len(self.train_dataset), generator=gen).tolist()
+        # Every rank must run the same number of steps (DDP all-reduces each one): drop the
+        # tail that does not fill a batch on every rank.
+        order = order[:len(order) // (per_rank * ctx.world_size) * per_rank * ctx.world_size]
         mine = order[ctx.rank::ctx.world_size]
         return [mine[i:i + per_rank] for i in range(0, len(mine) - per_rank + 1, per_rank)]
 
