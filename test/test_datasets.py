@@ -95,6 +95,15 @@ def test_predictions_map_back_to_original_pixels(coco_dir):
     assert result["map50_95"] == pytest.approx(1.0)
 
 
+def test_file_names_relative_to_the_json_folder(coco_dir):
+    doc = json.loads((coco_dir / "annotations.json").read_text())
+    for im in doc["images"]:
+        im["file_name"] = "images/" + im["file_name"]
+    (coco_dir / "nested.json").write_text(json.dumps(doc))
+    image, target = DetectionDataset(coco_dir / "nested.json")[0]
+    assert target["labels"].tolist() == [0, 1]
+
+
 def test_class_names_select_and_reorder(coco_dir):
     ds = DetectionDataset(coco_dir / "annotations.json", class_names=("vehicle", "person"))
     _, target = ds[0]

@@ -244,7 +244,8 @@ def _read_json(path: Path) -> dict:
 class DetectionDataset(BaseDetectionDataset):
     """A COCO JSON detection dataset (boxes only; crowd annotations ignored).
 
-    ``images_dir`` defaults to ``<json folder>/images``. ``class_names`` selects and orders
+    ``images_dir`` defaults to ``<json folder>/images`` (or the JSON's folder itself when the
+    file names already start with their folder). ``class_names`` selects and orders
     categories by name (others are dropped); by default all categories in id order.
     """
 
@@ -254,6 +255,9 @@ class DetectionDataset(BaseDetectionDataset):
         ann_path = Path(annotations)
         doc = _read_json(ann_path)
         images_root = Path(images_dir) if images_dir is not None else ann_path.parent / "images"
+        first = str(doc["images"][0].get("file_name", "")) if doc["images"] else ""
+        if images_dir is None and first and not (images_root / first).exists() and (ann_path.parent / first).exists():
+            images_root = ann_path.parent  # file_name already holds the folder ("images/x.jpg")
         cats = sorted(doc["categories"], key=lambda c: int(c["id"]))
         if class_names is None:
             class_names = [str(c["name"]) for c in cats]
