@@ -37,14 +37,12 @@ def prepare_data(cfg: RunConfig, input_size: int, augment: Optional[bool] = None
     root = Path(syn.out_dir or Path(cfg.out_dir) / "data")
     splits = {s: {"annotations": str(root / s / "annotations.json"), "images": str(root / s / "images")}
               for s in ("train", "val")}
-    if not Path(splits["train"]["annotations"]).is_file():
-        ctx = setup_distributed(cfg.train.device)
-        if ctx.is_main:
-            from evit_training.data.synthetic import generate_dataset
-            splits = generate_dataset(root, syn.num_images, syn.image_size, syn.seed, syn.val_fraction,
-                                      progress=progress)
-        if ctx.enabled:
-            torch.distributed.barrier()
+    ctx = setup_distributed(cfg.train.device)
+    if ctx.is_main and not Path(splits["train"]["annotations"]).is_file():
+        from evit_training.data.synthetic import generate_dataset
+        generate_dataset(root, syn.num_images, syn.image_size, syn.seed, syn.val_fraction, progress=progress)
+    if ctx.enabled:  # everyone waits until rank 0 has the data on disk
+        torch.distributed.barrier()
     train = load_detection_dataset(splits["train"]["annotations"], input_size=input_size, train=augment)
     val_path = Path(splits["val"]["annotations"])
     val = None
