@@ -2,8 +2,9 @@
 
 Heatmaps are per-cell binary class probabilities, so the soft target is the teacher's
 sigmoid at temperature ``T`` and the loss is binary cross-entropy (scaled by ``T**2`` as in
-Hinton et al., normalised by the teacher's probability mass). Size and offset are copied with L1 where the teacher sees an object
-(weighted by its peak class probability), since elsewhere they are meaningless.
+Hinton et al., normalised by the teacher's probability mass). Size and offset are copied
+with L1 where the teacher sees an object (weighted by its peak class probability), since
+elsewhere they are meaningless.
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ class ViTDetector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         size = self.config["input_size"]
-        if not torch.jit.is_tracing() and (images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != size or images.shape[3] != size):
+        if not torch.jit.is_tracing() and tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
         x = (images - self.pixel_mean) / self.pixel_std
         tokens = self.backbone.forward_features(x)
