@@ -132,6 +132,8 @@ def test_invalid_sizes_are_rejected(tmp_path):
         generate_dataset(tmp_path, 0)
     with pytest.raises(ValueError, match="val_fraction"):
         generate_dataset(tmp_path, 5, val_fraction=1.0)
+    with pytest.raises(ValueError, match="workers"):
+        generate_dataset(tmp_path, 5, workers=0)
 
 
 # -- datasets on disk ------------------------------------------------------------------------------
@@ -159,6 +161,16 @@ def test_generate_dataset_writes_coco_deterministically(tmp_path):
     assert n_images == {"train": 7, "val": 3}
     png = write_preview(paths["train"]["annotations"], tmp_path / "preview.png")
     assert cv2.imread(png).shape[:2] == (160 * 2, 160 * 4)
+
+
+def test_parallel_generation_writes_the_same_dataset(tmp_path):
+    one = generate_dataset(tmp_path / "one", 6, image_size=64, seed=9, val_fraction=0.0, progress=False)
+    two = generate_dataset(tmp_path / "two", 6, image_size=64, seed=9, val_fraction=0.0, progress=False, workers=2)
+    with open(one["train"]["annotations"]) as a, open(two["train"]["annotations"]) as b:
+        assert json.load(a) == json.load(b)
+    for name in sorted(p.name for p in (tmp_path / "one" / "train" / "images").iterdir()):
+        assert (tmp_path / "one" / "train" / "images" / name).read_bytes() == \
+            (tmp_path / "two" / "train" / "images" / name).read_bytes()
 
 
 def test_cli_synth_writes_dataset(tmp_path):

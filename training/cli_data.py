@@ -17,6 +17,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Same seed, same dataset."),
         val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.95,
                                            help="Share of images in val/."),
+        workers: int = typer.Option(1, "--workers", "-j", min=1,
+                                    help="Processes rendering in parallel (same images for any number)."),
         preview: bool = typer.Option(True, "--preview/--no-preview",
                                      help="Also write preview.png: a grid of train images with their boxes."),
     ) -> None:
@@ -25,7 +27,7 @@ def register(app: typer.Typer) -> None:
         from evit_training.data.synthetic import generate_dataset, write_preview
 
         paths = generate_dataset(out_dir, num_images, image_size=image_size, seed=seed,
-                                 val_fraction=val_fraction, progress=True)
+                                 val_fraction=val_fraction, progress=True, workers=workers)
         for split, p in paths.items():
             typer.echo(f"{split}: {p['annotations']} (images in {p['images']})")
         if preview:

@@ -204,19 +204,28 @@ def coco_categories() -> List[dict]:
     return [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(CLASS_NAMES)]
 
 
-def _write_split(out_dir: Path, split: str, seeds: Sequence[int], image_size: ImageSize, bar) -> Dict[str, str]:
+def _render_to_file(job: Tuple[int, str, int, int]) -> Tuple[List[List[float]], List[int]]:
+    """Render one image from its seed and write it; returns its boxes and labels (a worker task)."""
+    seed, path, w, h = job
+    cv2.setNumThreads(1)  # one image per core; OpenCV threads would only contend
+    bgr, boxes, labels = render_scene(np.random.default_rng(seed), (w, h))
+    if not cv2.imwrite(path, bgr, [cv2.IMWRITE_JPEG_QUALITY, 92]):
+        raise OSError(f"could not write image {path}")
+    return boxes.tolist(), labels.tolist()
+
+
+def _write_split(out_dir: Path, split: str, seeds: Sequence[int], image_size: ImageSize, bar,
+                 pool=None) -> Dict[str, str]:
     images_dir = out_dir / split / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     w, h = _size(image_size)
+    names = [f"{split}_{i:06d}.jpg" for i in range(1, len(seeds) + 1)]
+    jobs = [(int(seed), str(images_dir / name), w, h) for seed, name in zip(seeds, names)]
+    results = pool.imap(_render_to_file, jobs, chunksize=8) if pool is not None else map(_render_to_file, jobs)
     images, annotations = [], []
-    for image_id, seed in enumerate(seeds, start=1):
-        rng = np.random.default_rng(seed)
-        bgr, boxes, labels = render_scene(rng, (w, h))
-        name = f"{split}_{image_id:06d}.jpg"
-        if not cv2.imwrite(str(images_dir / name), bgr, [cv2.IMWRITE_JPEG_QUALITY, 92]):
-            raise OSError(f"could not write image {images_dir / name}")
+    for image_id, (name, (boxes, labels)) in enumerate(zip(names, results), start=1):
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-        for box, label in zip(boxes.tolist(), labels.tolist()):
+        for box, label in zip(boxes, labels):
             bw, bh = box[2] - box[0], box[3] - box[1]
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
                                 "bbox": [box[0], box[1], bw, bh], "area": bw * bh, "iscrowd": 0})
@@ -231,12 +240,15 @@ def _write_split(out_dir: Path, split: str, seeds: Sequence[int], image_size: Im
 
 
 def generate_dataset(out_dir: Union[str, os.PathLike], num_images: int, image_size: ImageSize = 320, seed: int = 0,
-                     val_fraction: float = 0.2, progress: bool = True) -> Dict[str, Dict[str, str]]:
+                     val_fraction: float = 0.2, progress: bool = True, workers: int = 1) -> Dict[str, Dict[str, str]]:
     """Write a COCO dataset ``out_dir/{train,val}/{images/*.jpg, annotations.json}``.
 
-    Deterministic for a seed (each image has its own seed derived from ``seed``). Returns
-    ``{"train": {"images": dir, "annotations": json}, "val": {...}}``.
+    Deterministic for a seed (each image has its own seed derived from ``seed``), whatever
+    the number of ``workers`` (processes rendering in parallel; 1 renders in this process).
+    Returns ``{"train": {"images": dir, "annotations": json}, "val": {...}}``.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, got {num_images}")
     if not 0.0 <= val_fraction < 1.0:
@@ -251,10 +263,18 @@ def generate_dataset(out_dir: Union[str, os.PathLike], num_images: int, image_si
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=num_images, desc="synth", unit="img")
+    pool = None
+    if workers > 1:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn").Pool(workers)
     try:
-        result = {"train": _write_split(out, "train", seeds[: num_images - n_val], image_size, bar),
-                  "val": _write_split(out, "val", seeds[num_images - n_val:], image_size, bar)}
+        result = {"train": _write_split(out, "train", seeds[: num_images - n_val], image_size, bar, pool),
+                  "val": _write_split(out, "val", seeds[num_images - n_val:], image_size, bar, pool)}
     finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
         if bar is not None:
             bar.close()
     return result
