@@ -3,6 +3,7 @@ encode -> decode -> COCO evaluation chain, YAML configs, and torchrun with 2 glo
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,8 +154,16 @@ def test_torchrun_two_gloo_processes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "evit_training.cli", "train", str(REPO / "training/configs/tiny.yaml"),
            "--out-dir", str(out), "--steps", "4"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Own session: on a timeout the whole group (launcher + workers) is killed, no orphans.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail("torchrun did not finish in 300 s:\n" + stdout[-2000:] + stderr[-2000:])
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     doc = load_checkpoint(out / "model.pt")
     assert doc["step"] == 4
     hist = json.loads((out / "history.json").read_text())
