@@ -250,7 +250,7 @@ def make_obstacle(rng: np.random.Generator, x: float, y: float, sun_xy: Tuple[fl
     kind = kind or str(rng.choice(["tree", "tree", "tree", "tree", "pole", "building"]))
     heading = float(rng.uniform(0, 2 * math.pi))
     if kind == "tree":
-        r = float(rng.uniform(1.2, 3.2))
+        r = float(rng.uniform(1.0, 2.8))
         green = (rng.uniform(25, 60), rng.uniform(70, 130), rng.uniform(35, 75))
         lobes = tuple((float(a), float(rng.uniform(0.35, 0.55)))
                       for a in rng.uniform(0, 2 * math.pi) + np.arange(int(rng.integers(3, 6))) * 2 * math.pi / 5)
@@ -261,7 +261,7 @@ def make_obstacle(rng: np.random.Generator, x: float, y: float, sun_xy: Tuple[fl
         return SceneObject(OBSTACLE, "pole", x, y, heading, (0.3, 0.3, float(rng.uniform(5.0, 10.0))),
                            (_pick(rng, [(120, 120, 125), (60, 90, 120), (90, 90, 90)]),),
                            extra={"crossarm": bool(rng.random() < 0.5)})
-    dims = (float(rng.uniform(4, 10)), float(rng.uniform(3.5, 8)), float(rng.uniform(3, 7)))
+    dims = (float(rng.uniform(4, 8)), float(rng.uniform(3.5, 7)), float(rng.uniform(3, 6)))
     wall = _pick(rng, [(170, 180, 190), (120, 140, 170), (200, 200, 200), (100, 110, 120)])
     return SceneObject(OBSTACLE, "building", x, y, heading, dims, (wall, _pick(rng, _ROOF)),
                        extra={"gable": bool(rng.random() < 0.5)})

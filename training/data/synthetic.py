@@ -6,7 +6,7 @@ carrying persons standing and lying, vehicles and obstacles (:mod:`.objects`) un
 then the sensor adds blur, exposure and noise (:mod:`.sensor`).
 
 Object sizes follow the image: a person spans about 7-20 px at 320 px and below (scaled by
-``sqrt(min(W, H) / 320)`` above 320), vehicles ~15-50 px, obstacles up to ~100 px.
+``sqrt(min(W, H) / 320)`` above 320), vehicles ~20-65 px, obstacles ~30-115 px.
 Box rule: clipped to the image, dropped when under 2 px wide or high or when less than 30 %
 of the object stays visible (hidden by nearer objects or outside the frame).
 """
