@@ -88,9 +88,9 @@ def test_patch_similarity_entropy_prefers_diverse_tokens():
 
 def test_few_steps_write_grids_checkpoint_and_history(tmp_path):
     teacher, student = _pair()
-    distiller = DataFreeDistiller(teacher, student, _tiny_cfg(), tmp_path, show_progress=False)
+    distiller = DataFreeDistiller(teacher, student, _tiny_cfg(), tmp_path, show_progress=False, device="cpu")
     distiller.fit()
-    assert distiller.step == 6
+    assert distiller.step == 6 and distiller.device == torch.device("cpu")
     assert (tmp_path / "last.pt").is_file()
     grids = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
     assert grids == ["step_000003.png", "step_000006.png"]

@@ -322,12 +322,15 @@ class DataFreeDistiller:
             token-statistics targets are recorded from the teacher on them instead of on
             smooth noise (the "tiny real subset" variant: a real DeepInversion-style prior;
             the student still never trains on them).
+        device: where teacher, student and generator run (default: the teacher's device);
+            the memory bank and the random generator stay on the CPU.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: Optional[DataFreeConfig] = None,
                  out_dir: Union[str, Path] = "runs/data_free", task: str = "classification",
                  resume: bool = True, show_progress: bool = True,
-                 stats_images: Optional[torch.Tensor] = None) -> None:
+                 stats_images: Optional[torch.Tensor] = None,
+                 device: Optional[Union[str, torch.device]] = None) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.cfg = cfg or DataFreeConfig()
@@ -336,10 +339,11 @@ class DataFreeDistiller:
         self.out_dir = Path(out_dir)
         self.resume = resume
         self.show_progress = show_progress
-        self.teacher = teacher.eval()
+        self.device = torch.device(device) if device is not None else next(teacher.parameters()).device
+        self.teacher = teacher.to(self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.student = student
+        self.student = student.to(self.device)
         self.image_size, self.in_chans = _model_geometry(teacher)
         if _model_geometry(student) != (self.image_size, self.in_chans):
             raise ValueError(f"teacher input {(self.image_size, self.in_chans)} and student input "
@@ -356,7 +360,7 @@ class DataFreeDistiller:
             depth=self.cfg.generator_depth, num_heads=self.cfg.generator_heads,
             num_classes=self.num_classes if conditional else 0, upsample=self.cfg.generator_upsample,
             output_gain=self.cfg.generator_output_gain, decoder=self.cfg.generator_decoder,
-            output_affine=self.cfg.generator_output_affine)
+            output_affine=self.cfg.generator_output_affine).to(self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_generator, betas=(0.5, 0.999))
         self.opt_s = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr_student,
                                        weight_decay=self.cfg.weight_decay)
@@ -369,12 +373,13 @@ class DataFreeDistiller:
         self.elapsed_s = 0.0
         grid_rng = torch.Generator().manual_seed(self.cfg.seed + 1)
         self._grid_latent = self.generator.sample_latent(64, grid_rng)
-        self._grid_labels = torch.arange(64) % self.num_classes
+        self._grid_labels = (torch.arange(64) % self.num_classes).to(self.device)
 
     # ---------------------------------------------------------------- setup helpers
     @torch.no_grad()
     def _probe_num_classes(self) -> int:
-        out, _ = self.teacher_view(torch.full((1, self.in_chans, self.image_size, self.image_size), 0.5))
+        out, _ = self.teacher_view(torch.full((1, self.in_chans, self.image_size, self.image_size), 0.5,
+                                              device=self.device))
         return int(out["heatmap"].shape[1] if self.task == "detection" else out.shape[1])
 
     @torch.no_grad()
@@ -388,7 +393,7 @@ class DataFreeDistiller:
                                  f"got {tuple(images.shape)}")
             collected_real = []
             for start in range(0, len(images), 64):
-                self.teacher_view(images[start:start + 64].float())
+                self.teacher_view(images[start:start + 64].float().to(self.device))
                 collected_real.append([x.detach() for x in self.teacher_view.norm_inputs])
             per_block = [torch.cat([batch[b] for batch in collected_real]) for b in range(len(collected_real[0]))]
             return [(m.detach(), s.detach()) for m, s in token_statistics(per_block)]
@@ -400,7 +405,7 @@ class DataFreeDistiller:
                              generator=noise_rng)
             images = F.interpolate(low, size=(self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False)
-            self.teacher_view(images)
+            self.teacher_view(images.to(self.device))
             collected.append([x.detach() for x in self.teacher_view.norm_inputs])
         per_block = [torch.cat([batch[b] for batch in collected]) for b in range(len(collected[0]))]
         return [(m.detach(), s.detach()) for m, s in token_statistics(per_block)]
@@ -408,7 +413,7 @@ class DataFreeDistiller:
     # ---------------------------------------------------------------- sampling
     def _sample_latent(self, count: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         latent = self.generator.sample_latent(count, self.rng)
-        labels = torch.randint(0, self.num_classes, (count,), generator=self.rng) \
+        labels = torch.randint(0, self.num_classes, (count,), generator=self.rng).to(self.device) \
             if self.generator.num_classes else None
         return latent, labels
 
@@ -428,7 +433,7 @@ class DataFreeDistiller:
             y0 = torch.randint(0, h - bh + 1, (1,), generator=self.rng).item()
             x0 = torch.randint(0, w - bw + 1, (1,), generator=self.rng).item()
             images = images.clone()
-            images[:, :, y0:y0 + bh, x0:x0 + bw] = images[perm, :, y0:y0 + bh, x0:x0 + bw]
+            images[:, :, y0:y0 + bh, x0:x0 + bw] = images[perm.to(images.device), :, y0:y0 + bh, x0:x0 + bw]
         return images
 
     # ---------------------------------------------------------------- losses by task
@@ -577,7 +582,7 @@ class DataFreeDistiller:
         self.generator.eval()
         latent = self.generator.sample_latent(count, generator or torch.Generator().manual_seed(0))
         if self.generator.num_classes and labels is None:
-            labels = torch.arange(count) % self.num_classes
+            labels = (torch.arange(count) % self.num_classes).to(self.device)
         images = self.generator(latent, labels if self.generator.num_classes else None)
         self.generator.train()
         return images
@@ -680,13 +685,15 @@ def _load_model(spec: Any, task: str, role: str) -> nn.Module:
 
 
 def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path]] = None,
-                    resume: bool = True, show_progress: bool = True) -> Dict[str, Any]:
+                    resume: bool = True, show_progress: bool = True,
+                    device: Optional[str] = None) -> Dict[str, Any]:
     """Run data-free KD described by a config mapping (as loaded from ``data_free_*.yaml``).
 
     Keys: ``task`` ("classification"|"detection"), ``teacher`` (checkpoint path; a teacher
     must be trained - a named config would be random), ``student`` (named config or
     checkpoint to start from), ``out_dir``, ``data_free`` (:class:`DataFreeConfig` fields),
     optional ``evaluate`` ("digits": accuracy on the digits test split, for the study only).
+    ``device``: "cpu", "cuda", "cuda:N" or "auto"/None (CUDA when available).
     Returns ``{"student": path of the saved student, "out_dir", "steps", "elapsed_s", ...}``.
     """
     allowed = {"task", "teacher", "student", "out_dir", "data_free", "evaluate"}
@@ -706,8 +713,10 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
     teacher = _load_model(config["teacher"], task, "teacher")
     student = _load_model(config.get("student", "digits_student" if task == "classification" else "student_tiny"),
                           task, "student")
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     distiller = DataFreeDistiller(teacher, student, cfg, out, task=task, resume=resume,
-                                  show_progress=show_progress)
+                                  show_progress=show_progress, device=device)
     distiller.fit()
     distiller.save_grid(out / "samples" / "final.png")
     distiller.close()
@@ -718,7 +727,7 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
         if config.get("evaluate") == "digits":
             from evit_training.classification import evaluate_accuracy, load_digits_split
             _, test = load_digits_split(image_size=distiller.image_size)
-            result["accuracy"] = evaluate_accuracy(student, test)
+            result["accuracy"] = evaluate_accuracy(student.cpu(), test)
         elif config.get("evaluate") is not None:
             raise ValueError(f"evaluate must be 'digits' or absent, got {config.get('evaluate')!r}")
     else:
