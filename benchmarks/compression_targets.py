@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
+#: Below this teacher mAP@0.5 an accuracy ratio is noise, and the table says so.
+MEANINGFUL_MAP50 = 0.1
 REPO = HERE.parent
 
 
@@ -108,7 +110,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append((text, "PASS" if ok else ("n/a" if ok is None else "MISS"), figure))
 
     t_map, s_map = teacher.get("map50"), student.get("map50")
-    if t_map:
+    if t_map is not None and t_map < MEANINGFUL_MAP50:
+        target("INT8 student mAP@0.5 >= 97% of teacher", None,
+               f"{s_map:.3f} vs {t_map:.3f} ({100 * s_map / max(t_map, 1e-9):.1f}%), but the teacher's "
+               f"mAP@0.5 is below {MEANINGFUL_MAP50}: both are near chance, the ratio proves nothing")
+    elif t_map:
         target("INT8 student mAP@0.5 >= 97% of teacher", s_map / t_map >= 0.97,
                f"{s_map:.3f} vs {t_map:.3f} ({100 * s_map / t_map:.1f}%)")
     else:
@@ -146,6 +152,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "yolov8n" in lat:
         lines.append(f"| YOLOv8n (random weights) | 320 | {yolo_params:,} | {yolo_macs / 1e9:.3f} | "
                      f"{lat['yolov8n']['median_ms']:.2f} | {lat['yolov8n']['p95_ms']:.2f} | - |")
+    lines += ["", "Latencies move with the load of this shared machine; the figures above were taken "
+              "back to back in one run, so their ratios compare, their absolute values may not "
+              "(the issue quotes YOLOv8n at about 15.6 ms on an idle CPU)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
