@@ -154,7 +154,8 @@ def _make_bag(out_dir: Path, frames: int):
     from evit_training.data.synthetic import CLASS_NAMES
 
     path = out_dir / "flight_bag"
-    summary = write_flight_bag(str(path), generate_flight(frames, image_size=(640, 480), seed=7, fps=10.0),
+    # 320x240: the demo model sees 160x160, so a VGA flight would shrink persons below its 7 px
+    summary = write_flight_bag(str(path), generate_flight(frames, image_size=(320, 240), seed=7, fps=10.0),
                                CLASS_NAMES, storage="mcap", compressed=True, overwrite=True, progress=True,
                                total=frames)
     return summary.path, f"{summary.frames} frames, {summary.duration_s:.1f} s of flight -> {summary.path}"
