@@ -32,7 +32,7 @@ def _one_thread():
 def _tiny_cfg(**overrides) -> DataFreeConfig:
     base = dict(steps=6, batch_size=8, generator_patch_size=8, generator_latent_dim=8, generator_embed_dim=16,
                 generator_depth=1, generator_heads=2, memory_bank_size=32, grid_every=3, checkpoint_every=2,
-                log_every=1, stats_batches=1, seed=3)
+                log_every=1, stats_batches=1, seed=3, warmup_generator_steps=0)
     base.update(overrides)
     return DataFreeConfig(**base)
 
@@ -88,16 +88,19 @@ def test_patch_similarity_entropy_prefers_diverse_tokens():
 
 def test_few_steps_write_grids_checkpoint_and_history(tmp_path):
     teacher, student = _pair()
-    distiller = DataFreeDistiller(teacher, student, _tiny_cfg(), tmp_path, show_progress=False, device="cpu")
+    cfg = _tiny_cfg(conditional=True, warmup_generator_steps=2)
+    distiller = DataFreeDistiller(teacher, student, cfg, tmp_path, show_progress=False, device="cpu")
     distiller.fit()
-    assert distiller.step == 6 and distiller.device == torch.device("cpu")
+    assert distiller.step == 6 and distiller.warmup_done == 2 and distiller.device == torch.device("cpu")
+    assert distiller.generator.num_classes == 10
     assert (tmp_path / "last.pt").is_file()
     grids = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
     assert grids == ["step_000003.png", "step_000006.png"]
     assert (tmp_path / "samples" / "step_000003.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = distiller.history
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
-    for key in ("g_adversarial", "g_confidence", "g_balance", "g_stats", "g_patch_sim", "s_kl", "s_feature"):
+    for key in ("g_adversarial", "g_confidence", "g_balance", "g_stats", "g_patch_sim", "g_diversity", "s_kl",
+                "s_feature"):
         assert all(torch.isfinite(torch.tensor(h[key])) for h in history), key
     assert distiller.bank.count == 32   # 6 fresh batches of 8 (ring buffer full)
     # The teacher stays frozen; only the student and generator learn.

@@ -62,37 +62,41 @@ CHECKPOINT_NAME = "last.pt"
 
 @dataclass
 class DataFreeConfig:
-    """Every knob of the data-free game. Loss weights of 0 switch a term off."""
+    """Every knob of the data-free game. Loss weights of 0 switch a term off.
+
+    Defaults are the settings that worked best on digits (conv decoder, unconditional,
+    strong priors); training/configs/data_free_*.yaml spell out every value per task.
+    """
 
     steps: int = 600                    # student optimizer steps (the comparable budget)
     batch_size: int = 64                # images per student step (fresh + memory bank)
     generator_steps: int = 1            # generator updates per round
     student_steps: int = 2              # student updates per round
-    warmup_generator_steps: int = 0     # prior-only generator steps before the student starts
+    warmup_generator_steps: int = 50    # prior-only generator steps before the student starts
     lr_student: float = 2e-3
     lr_generator: float = 1e-3
     weight_decay: float = 0.05
     temperature: float = 4.0
     seed: int = 0
     # generator architecture (image size / channels come from the teacher)
-    generator_patch_size: int = 4
+    generator_patch_size: int = 8
     generator_upsample: int = 1         # synthesise at image_size / this, resize bilinearly
     generator_output_gain: float = 1.0  # contrast of the generated images (see TransformerGenerator)
-    generator_decoder: str = "linear"   # "linear" (pixel shuffle) or "conv" (upsample + conv stages)
-    generator_output_affine: bool = False  # learnable brightness/contrast after the output norm
+    generator_decoder: str = "conv"     # "conv" (upsample + conv stages) or "linear" (pixel shuffle)
+    generator_output_affine: bool = True   # learnable brightness/contrast after the output norm
     generator_latent_dim: int = 32
     generator_embed_dim: int = 96
     generator_depth: int = 2
     generator_heads: int = 4
-    conditional: bool = True            # class-conditional generator (classification only)
+    conditional: bool = False           # class-conditional generator (classification only)
     # generator loss weights
-    w_adversarial: float = 1.0
-    w_feature_stats: float = 0.1
-    w_patch_similarity: float = 0.1
+    w_adversarial: float = 0.5
+    w_feature_stats: float = 1.0
+    w_patch_similarity: float = 1.0
     w_confidence: float = 1.0
     w_class_balance: float = 1.0
     w_total_variation: float = 0.0
-    w_diversity: float = 0.0            # mode seeking: images from different latents must differ
+    w_diversity: float = 1.0            # mode seeking: images from different latents must differ
     adversarial_clip: float = 5.0       # the gap the generator chases is clamped per image
     # student loss weights
     w_kl: float = 1.0
