@@ -2,7 +2,7 @@
 """Benchmark evit_detector as a process against bare inference on the same model and frames.
 
     .venv/bin/python scripts/benchmark_node.py                     # models/*.onnx or the reference model
-    .venv/bin/python scripts/benchmark_node.py --model models/student_int8.onnx --duration 20
+    .venv/bin/python scripts/benchmark_node.py --model models/evit_student_default.onnx --duration 20
 
 Phase 1 runs ``Detector.detect`` in this process on the frames (bare backend). Phase 2 starts
 the node as its own process (Fast DDS large-frames profile on both sides, as uav.launch.py

@@ -88,7 +88,7 @@ def test_params_file_loads_into_a_real_node():
         loaded = {name: node.get_parameter(name).value for name in SPECS}
         expected = yaml.safe_load(PARAMS.read_text())["/**"]["ros__parameters"]
         assert loaded == expected
-        assert node.health.model_error and "student_int8.onnx" in node.health.model_error
+        assert node.health.model_error and "evit_student_default.onnx" in node.health.model_error
     finally:
         node.destroy_node()
         context.try_shutdown()
