@@ -7,21 +7,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from evit_perception.preprocess import ImageTransform
+from evit_perception.preprocess import ImageTransform, letterbox_transform
 
 from evit_training.models.checkpoint import unwrap
 from evit_training.models.decode import decode_detections
-
-
-def letterbox_transform(orig_size: Sequence[int], input_size: int) -> ImageTransform:
-    """The transform ``evit_perception.preprocess.letterbox`` applies to a ``(h, w)`` image
-    (same rounding), without needing the image."""
-    src_h, src_w = int(orig_size[0]), int(orig_size[1])
-    ratio = min(input_size / src_h, input_size / src_w)
-    new_w = max(1, min(input_size, int(round(src_w * ratio))))
-    new_h = max(1, min(input_size, int(round(src_h * ratio))))
-    left, top = (input_size - new_w) // 2, (input_size - new_h) // 2
-    return ImageTransform(new_w / src_w, new_h / src_h, float(left), float(top), src_w, src_h)
 
 
 def _transform_for(target: Dict[str, Any], input_size: int) -> ImageTransform:
@@ -29,7 +18,8 @@ def _transform_for(target: Dict[str, Any], input_size: int) -> ImageTransform:
         return target["transform"]
     if "orig_size" not in target:
         raise KeyError("dataset targets need 'orig_size' (h, w) or 'transform' to map boxes back")
-    return letterbox_transform(target["orig_size"], input_size)
+    h, w = target["orig_size"]
+    return letterbox_transform(int(h), int(w), input_size, input_size)
 
 
 def _category_ids(gt: Dict[str, Any], num_classes: int) -> List[int]:
