@@ -78,15 +78,21 @@ def _prepared_gt(gt: Mapping[str, Any]) -> dict:
     return doc
 
 
+def _coco_pair(COCO, gt_doc: dict, dets: List[dict]):
+    """Indexed ground-truth and detection COCO objects (copies: the libraries mutate them)."""
+    coco_gt = COCO()
+    coco_gt.dataset = copy.deepcopy(gt_doc)
+    coco_gt.createIndex()
+    coco_dt = COCO()
+    coco_dt.dataset = {"images": gt_doc["images"], "categories": gt_doc["categories"],
+                       "annotations": copy.deepcopy(dets)}
+    coco_dt.createIndex()
+    return coco_gt, coco_dt
+
+
 def _run_eval(COCO, COCOeval, gt_doc: dict, dets: List[dict], iou_thrs=None, max_dets=None):
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt_doc)
-        coco_gt.createIndex()
-        coco_dt = COCO()
-        coco_dt.dataset = {"images": gt_doc["images"], "categories": gt_doc["categories"],
-                           "annotations": copy.deepcopy(dets)}
-        coco_dt.createIndex()
+        coco_gt, coco_dt = _coco_pair(COCO, gt_doc, dets)
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         if iou_thrs is not None:
             ev.params.iouThrs = np.asarray(iou_thrs, dtype=np.float64)
@@ -190,13 +196,7 @@ def _run_eval_extra(gt_doc: dict, dets: List[dict], max_det: int):
     from faster_coco_eval import COCO, COCOeval_faster
 
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt_doc)
-        coco_gt.createIndex()
-        coco_dt = COCO()
-        coco_dt.dataset = {"images": gt_doc["images"], "categories": gt_doc["categories"],
-                           "annotations": copy.deepcopy(dets)}
-        coco_dt.createIndex()
+        coco_gt, coco_dt = _coco_pair(COCO, gt_doc, dets)
         ev = COCOeval_faster(coco_gt, coco_dt, "bbox", extra_calc=True, print_function=lambda *a, **k: None)
         ev.params.iouThrs = np.asarray([0.5])
         ev.params.maxDets = [max_det]
