@@ -72,8 +72,10 @@ def register(app: typer.Typer) -> None:
             raw = read_yaml(config)
             if teacher:
                 raw["teacher"] = str(teacher)
+            if steps:
+                raw.setdefault("data_free", {})["steps"] = steps
             try:
-                result = run_from_config(raw, out_dir=out_dir, resume=resume)
+                result = run_from_config(raw, out_dir=out_dir, resume=resume, device=device)
             except _user_errors() as exc:
                 _fail(exc)
             _echo_result(result)
