@@ -6,7 +6,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env demo test benchmark clean
+.PHONY: env demo test benchmark clean default-model bench-data-free
 
 env:
 	@bash scripts/bootstrap.sh
@@ -22,3 +22,17 @@ benchmark: env
 
 clean:
 	rm -rf build runs .pytest_cache
+
+# The bundled default model: the compress_default run (about 40 min on 2 CPU cores), then its
+# pruned FP32 stage and INT8 stage copied into models/ with the run's report.
+default-model: env
+	$(VENV)/bin/evit compress training/configs/compress_default.yaml
+	cp runs/compress_default/finetune/model.onnx models/evit_student_default.onnx
+	cp runs/compress_default/quantize/model_int8.onnx models/evit_student_default_int8.onnx
+	cp runs/compress_default/report.json models/evit_student_default.json
+	cp runs/compress_default/report.md models/evit_student_default.md
+	cp runs/compress_default/report.png models/evit_student_default.png
+
+# Data-free KD benchmark (four arms, digits and synthetic detection; about 25 min on 2 cores).
+bench-data-free: env
+	nice -n 10 $(PY) benchmarks/data_free_kd.py
