@@ -1,6 +1,7 @@
 """``evit compress`` end to end on the tiny config, stage caching, and clear errors."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -98,6 +99,24 @@ def test_second_run_reuses_stage_outputs(tiny_run):
     cfg.stages = ["teacher", "student", "prune", "finetune", "quantize"]
     Pipeline(cfg, progress=False).run()
     assert {p: os.path.getmtime(p) for p in stamps} == stamps
+
+
+def test_edited_config_redoes_the_stages_it_affects(tiny_run):
+    pipeline, _ = tiny_run
+    cfg = copy.deepcopy(pipeline.cfg)
+    cfg.stages = ["teacher", "student", "prune", "finetune", "quantize"]
+    stamps = {stage: os.path.getmtime(path) for stage, path in (
+        ("teacher", pipeline.checkpoint("teacher")), ("student", pipeline.checkpoint("student")),
+        ("finetune", pipeline.checkpoint("finetune")),
+        ("quantize", pipeline.stage_dir("quantize") / "model_int8.onnx"))}
+    cfg.prune.finetune.train.steps += 1  # only the pruning side changes
+    Pipeline(cfg, progress=False).run()
+    after = {stage: os.path.getmtime(path) for stage, path in (
+        ("teacher", pipeline.checkpoint("teacher")), ("student", pipeline.checkpoint("student")),
+        ("finetune", pipeline.checkpoint("finetune")),
+        ("quantize", pipeline.stage_dir("quantize") / "model_int8.onnx"))}
+    assert after["teacher"] == stamps["teacher"] and after["student"] == stamps["student"]
+    assert after["finetune"] > stamps["finetune"] and after["quantize"] > stamps["quantize"]
 
 
 def test_bad_config_key_is_named(tmp_path):

@@ -1,8 +1,10 @@
 """``evit compress CONFIG``: teacher -> KD student -> prune -> KD fine-tune -> INT8/FP16 -> report.
 
 Every stage writes into ``<out_dir>/<stage>/`` and is skipped when its outputs already exist
-(``force=True`` or ``--force`` reruns), so an interrupted run resumes at the first missing
-stage and a single stage can be redone by deleting its folder. Training stages reuse the
+and were made from the same configuration (a fingerprint of the config sections the stage
+depends on is stored beside them; ``force=True`` or ``--force`` reruns), so an interrupted run
+resumes at the first missing stage, an edited config redoes the stages it affects, and a
+single stage can be redone by deleting its folder. Training stages reuse the
 ``evit train``/``evit distill`` machinery (:func:`evit_training.engine.run.run_training`)
 with a :class:`~evit_training.config.RunConfig` built from this config's sections.
 """
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
+import shutil
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +29,15 @@ from evit_training.engine.trainer import TrainConfig
 log = logging.getLogger(__name__)
 
 STAGES = ("teacher", "student", "prune", "finetune", "quantize", "report")
+#: Config sections each stage's outputs depend on (its own and every earlier stage's).
+_STAGE_SECTIONS = {
+    "teacher": ("data", "export", "teacher"),
+    "student": ("data", "export", "teacher", "student"),
+    "prune": ("data", "export", "teacher", "student", "prune"),
+    "finetune": ("data", "export", "teacher", "student", "prune"),
+    "quantize": ("data", "export", "teacher", "student", "prune", "quantize"),
+}
+FINGERPRINT_FILE = "config.fingerprint"
 
 
 @dataclass
@@ -167,14 +180,24 @@ class Pipeline:
 
     # -- stages -----------------------------------------------------------------------------
     def ensure_data(self) -> Dict[str, Dict[str, str]]:
-        """Generate the synthetic dataset if missing; fail clearly on an empty dataset."""
+        """Generate the synthetic dataset if missing or made with other settings; fail clearly
+        on an empty dataset."""
         splits = self.splits()
-        if not self.data.train and not Path(splits["train"]["annotations"]).is_file():
-            from evit_training.data.synthetic import generate_dataset
-
+        if not self.data.train:
             syn = self.data.synthetic
-            generate_dataset(syn.out_dir, syn.num_images, syn.image_size, syn.seed, syn.val_fraction,
-                             progress=self.progress)
+            stamp = Path(syn.out_dir) / FINGERPRINT_FILE
+            wanted = _fingerprint(dataclasses.asdict(syn))
+            exists = Path(splits["train"]["annotations"]).is_file()
+            if exists and stamp.is_file() and stamp.read_text() != wanted:
+                log.info("synthetic data settings changed: regenerating %s", syn.out_dir)
+                shutil.rmtree(syn.out_dir)
+                exists = False
+            if not exists:
+                from evit_training.data.synthetic import generate_dataset
+
+                generate_dataset(syn.out_dir, syn.num_images, syn.image_size, syn.seed, syn.val_fraction,
+                                 progress=self.progress)
+                stamp.write_text(wanted)
         for split, paths in splits.items():
             ann = Path(paths["annotations"])
             if not ann.is_file():
@@ -357,11 +380,21 @@ class Pipeline:
         return write_report(str(self.out), rows, reference=r.reference, info=info, show=True)
 
     # -- driver -----------------------------------------------------------------------------
+    def fingerprint(self, stage: str) -> str:
+        """Hash of the config sections ``stage``'s outputs depend on."""
+        doc = dataclasses.asdict(self.cfg)
+        return _fingerprint({k: doc[k] for k in _STAGE_SECTIONS[stage]})
+
     def _cached(self, stage: str, *outputs: Path) -> bool:
-        if not self.force and outputs and all(Path(o).is_file() for o in outputs):
-            log.info("stage %s: outputs exist, skipped (use --force to redo)", stage)
-            return True
-        return False
+        if self.force or not outputs or not all(Path(o).is_file() for o in outputs):
+            return False
+        stamp = self.stage_dir(stage) / FINGERPRINT_FILE
+        if stamp.is_file() and stamp.read_text() != self.fingerprint(stage):
+            log.info("stage %s: the config changed since its outputs were made; redoing it", stage)
+            print(f"   {stage}: config changed since the cached outputs were made, redoing", flush=True)
+            return False
+        log.info("stage %s: outputs exist, skipped (use --force to redo)", stage)
+        return True
 
     def run(self) -> Dict[str, Any]:
         """All configured stages in order; returns the report."""
@@ -374,9 +407,15 @@ class Pipeline:
             start = time.perf_counter()
             result = getattr(self, f"stage_{stage}")()
             self.timings[stage] = round(time.perf_counter() - start, 1)
+            if stage in _STAGE_SECTIONS and self.stage_dir(stage).is_dir():
+                (self.stage_dir(stage) / FINGERPRINT_FILE).write_text(self.fingerprint(stage))
             if stage == "report":
                 report = result
         return report
+
+
+def _fingerprint(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def compress(config: Any, force: bool = False, progress: bool = True) -> Dict[str, Any]:
