@@ -20,11 +20,7 @@ _AREAS = (
 )
 
 for _name in _AREAS:
-    try:
-        importlib.import_module(_name).register(app)
-    except ModuleNotFoundError as exc:  # TEMPORARY while areas are being built in parallel
-        if exc.name != _name:
-            raise
+    importlib.import_module(_name).register(app)
 
 
 def main() -> None:
