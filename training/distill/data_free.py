@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 from evit_training.distill.generator import TransformerGenerator
 
 TASKS = ("classification", "detection")
+AUGMENT_MODES = ("roll", "crop")
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -105,8 +106,11 @@ class DataFreeConfig:
     # synthetic data handling
     memory_bank_size: int = 2048
     memory_fraction: float = 0.5        # share of each student batch drawn from the bank
+    balanced_replay: bool = False       # classification: draw the bank share class-balanced by teacher label
     augment: bool = True                # random shifts (and flips for detection)
     max_shift: int = 2
+    augment_mode: str = "roll"          # "roll": one wrap-around shift per batch; "crop": per-image zoom + shift
+    crop_scale: float = 0.8             # "crop": smallest side of the crop, as a share of the image side
     cutmix_prob: float = 0.5
     # statistics prior targets
     stats_batches: int = 4
@@ -139,6 +143,10 @@ class DataFreeConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.augment_mode not in AUGMENT_MODES:
+            raise ValueError(f"augment_mode must be one of {AUGMENT_MODES}, got {self.augment_mode!r}")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
 
 
 # ----------------------------------------------------------------------------- model views
@@ -271,6 +279,29 @@ def batch_diversity(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return (pixel + (feats - feats.roll(1, 0)).norm(dim=-1)).mean()
 
 
+def random_crop_shift(images: torch.Tensor, min_scale: float, max_shift: int, generator: torch.Generator,
+                      flip: bool = False) -> torch.Tensor:
+    """Per-image random resized crop (side in ``[min_scale, 1]`` of the image, square) and
+    shift of up to ``max_shift`` pixels, border-padded; optional horizontal flips.
+
+    Per image rather than per batch, so one student batch shows many framings of the
+    synthetic data, which is all the variety a data-free student gets.
+    """
+    b, _, h, w = images.shape
+    scale = min_scale + (1.0 - min_scale) * torch.rand(b, generator=generator)
+    # Crop centres that keep the crop inside the image, plus a pixel shift on top.
+    centre = (1.0 - scale).unsqueeze(1) * (2 * torch.rand(b, 2, generator=generator) - 1)
+    shift = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator).float() * 2 / torch.tensor([w, h])
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = scale
+    theta[:, 1, 1] = scale
+    if flip:
+        theta[:, 0, 0] *= torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+    theta[:, :, 2] = centre - shift
+    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between neighbouring pixels."""
     return (images[..., 1:, :] - images[..., :-1, :]).abs().mean() + \
@@ -279,10 +310,16 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- memory bank
 class SyntheticMemoryBank:
-    """Ring buffer of past synthetic images, stored as uint8 (4x smaller, exact on resume)."""
+    """Ring buffer of past synthetic images, stored as uint8 (4x smaller, exact on resume).
+
+    Each image may carry a label (the teacher's top class, -1 when unknown) so that replay
+    can be drawn class-balanced: classes the generator rarely draws are otherwise rarely
+    replayed, and those are the ones the student then gets wrong.
+    """
 
     def __init__(self, capacity: int, image_shape: Tuple[int, int, int]) -> None:
         self.images = torch.zeros((capacity,) + tuple(image_shape), dtype=torch.uint8)
+        self.labels = torch.full((capacity,), -1, dtype=torch.long)
         self.count = 0
         self.cursor = 0
 
@@ -290,25 +327,44 @@ class SyntheticMemoryBank:
     def capacity(self) -> int:
         return int(self.images.shape[0])
 
-    def push(self, images: torch.Tensor) -> None:
+    def push(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
+        """Store ``images`` (B, C, H, W) in [0, 1], optionally with one label each."""
         if self.capacity == 0:
             return
         quantised = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        for img in quantised[-self.capacity:]:
+        labels = torch.full((len(quantised),), -1, dtype=torch.long) if labels is None else labels.detach().cpu()
+        for img, label in zip(quantised[-self.capacity:], labels[-self.capacity:]):
             self.images[self.cursor] = img
+            self.labels[self.cursor] = label
             self.cursor = (self.cursor + 1) % self.capacity
             self.count = min(self.count + 1, self.capacity)
 
-    def sample(self, count: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, count: int, generator: torch.Generator, balanced: bool = False) -> torch.Tensor:
+        """``count`` stored images as float in [0, 1]; ``balanced``: a uniformly drawn label
+        for each, then an image of that label (labels absent from the bank are not drawn)."""
+        if balanced:
+            labels = self.labels[:self.count]
+            present = torch.unique(labels[labels >= 0])
+            if len(present):
+                wanted = present[torch.randint(0, len(present), (count,), generator=generator)]
+                index = torch.empty(count, dtype=torch.long)
+                for label in present.tolist():
+                    slots = (wanted == label).nonzero().flatten()
+                    pool = (labels == label).nonzero().flatten()
+                    index[slots] = pool[torch.randint(0, len(pool), (len(slots),), generator=generator)]
+                return self.images[index].float() / 255.0
         index = torch.randint(0, self.count, (count,), generator=generator)
         return self.images[index].float() / 255.0
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"images": self.images[:self.count].clone(), "count": self.count, "cursor": self.cursor}
+        return {"images": self.images[:self.count].clone(), "labels": self.labels[:self.count].clone(),
+                "count": self.count, "cursor": self.cursor}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.count, self.cursor = int(state["count"]), int(state["cursor"])
         self.images[:self.count] = state["images"]
+        if "labels" in state:   # checkpoints before labelled replay hold none
+            self.labels[:self.count] = state["labels"]
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -423,7 +479,10 @@ class DataFreeDistiller:
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        if cfg.augment and cfg.max_shift > 0:
+        if cfg.augment and cfg.augment_mode == "crop":
+            images = random_crop_shift(images, cfg.crop_scale, cfg.max_shift, self.rng,
+                                       flip=self.task == "detection")
+        elif cfg.augment and cfg.max_shift > 0:
             dx, dy = torch.randint(-cfg.max_shift, cfg.max_shift + 1, (2,), generator=self.rng).tolist()
             images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
             if self.task == "detection" and bool(torch.rand((), generator=self.rng) < 0.5):
@@ -521,8 +580,12 @@ class DataFreeDistiller:
             from_bank = int(round(cfg.batch_size * cfg.memory_fraction)) if self.bank.count else 0
             batch = fresh[:cfg.batch_size - from_bank]
             if from_bank:
-                batch = torch.cat([batch, self.bank.sample(from_bank, self.rng).to(fresh.device)])
-            self.bank.push(fresh)
+                balanced = cfg.balanced_replay and self.task == "classification"
+                batch = torch.cat([batch, self.bank.sample(from_bank, self.rng, balanced=balanced).to(fresh.device)])
+            fresh_labels = None
+            if cfg.balanced_replay and self.task == "classification":
+                fresh_labels = self.teacher(fresh).argmax(1)
+            self.bank.push(fresh, fresh_labels)
             batch = self._augment(batch)
             t_out, t_tokens = self.teacher_view(batch)
         self.student.train()
