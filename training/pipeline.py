@@ -38,6 +38,13 @@ _STAGE_SECTIONS = {
     "quantize": ("data", "export", "teacher", "student", "prune", "quantize"),
 }
 FINGERPRINT_FILE = "config.fingerprint"
+#: Written when a training stage starts: an interrupted stage resumes from its last.pt only if
+#: it was started from the same configuration.
+STARTED_FILE = "config.fingerprint.started"
+#: Train settings that change how a run goes, not what it produces: editing them (e.g. the CPU
+#: threads of a resumed run) keeps the cached stages.
+_RUNTIME_KEYS = ("threads", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
+                 "progress", "num_workers")
 
 
 @dataclass
@@ -228,7 +235,16 @@ class Pipeline:
         from evit_training.engine.run import run_training
 
         self.ensure_data()
-        return run_training(self._run_config(stage, section, teacher), distill=teacher is not None)
+        stage_dir = self.stage_dir(stage)
+        started = stage_dir / STARTED_FILE
+        resume = (not self.force and (stage_dir / "last.pt").is_file() and started.is_file()
+                  and started.read_text() == self.fingerprint(stage))
+        if resume:
+            print(f"   {stage}: resuming the interrupted run from {stage_dir / 'last.pt'}", flush=True)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        started.write_text(self.fingerprint(stage))
+        return run_training(self._run_config(stage, section, teacher), distill=teacher is not None,
+                            resume=resume)
 
     def stage_teacher(self) -> Dict[str, Any]:
         """Train the teacher on the labels."""
@@ -382,8 +398,12 @@ class Pipeline:
     # -- driver -----------------------------------------------------------------------------
     def fingerprint(self, stage: str) -> str:
         """Hash of the config sections ``stage``'s outputs depend on."""
-        doc = dataclasses.asdict(self.cfg)
-        return _fingerprint({k: doc[k] for k in _STAGE_SECTIONS[stage]})
+        doc = {k: dataclasses.asdict(self.cfg)[k] for k in _STAGE_SECTIONS[stage]}
+        for section in doc.values():
+            for train in _train_sections(section):
+                for key in _RUNTIME_KEYS:
+                    train.pop(key, None)
+        return _fingerprint(doc)
 
     def _cached(self, stage: str, *outputs: Path) -> bool:
         if self.force or not outputs or not all(Path(o).is_file() for o in outputs):
@@ -412,6 +432,16 @@ class Pipeline:
             if stage == "report":
                 report = result
         return report
+
+
+def _train_sections(doc: Any) -> List[Dict[str, Any]]:
+    """Every ``train`` mapping nested in a config section (stage trainers, the fine-tune)."""
+    if not isinstance(doc, dict):
+        return []
+    found = [doc["train"]] if isinstance(doc.get("train"), dict) else []
+    for value in doc.values():
+        found.extend(_train_sections(value) if isinstance(value, dict) and value is not doc.get("train") else [])
+    return found
 
 
 def _fingerprint(doc: Any) -> str:

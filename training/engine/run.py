@@ -17,7 +17,7 @@ from evit_training.models import create_detector
 from evit_training.models.checkpoint import load_model, load_timm_backbone
 
 from .distributed import setup_distributed
-from .trainer import Trainer
+from .trainer import Trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ def run_training(cfg: RunConfig, distill: bool = False, resume: bool = False) ->
         if cfg.kd is None or not cfg.kd.teacher:
             raise ValueError(f"{cfg.name}: distillation needs a 'kd:' section with 'teacher: <checkpoint>'")
         teacher = load_model(cfg.kd.teacher)
+    # Seed before the weights are drawn: a stage's result must not depend on what ran earlier
+    # in the same process (the pipeline runs every stage in one).
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
     model = build_model(cfg)
     size = int(model.config["input_size"])
     if teacher is not None and int(teacher.config["input_size"]) != size:
