@@ -3,8 +3,9 @@
 Every stage writes into ``<out_dir>/<stage>/`` and is skipped when its outputs already exist
 and were made from the same configuration (a fingerprint of the config sections the stage
 depends on is stored beside them; ``force=True`` or ``--force`` reruns), so an interrupted run
-resumes at the first missing stage, an edited config redoes the stages it affects, and a
-single stage can be redone by deleting its folder. Training stages reuse the
+resumes at the first missing stage (and a training stage cut off mid-run from its ``last.pt``),
+an edited config redoes the stages it affects, and a single stage can be redone by deleting
+its folder. Training stages reuse the
 ``evit train``/``evit distill`` machinery (:func:`evit_training.engine.run.run_training`)
 with a :class:`~evit_training.config.RunConfig` built from this config's sections.
 """
