@@ -106,7 +106,6 @@ class DataFreeConfig:
     # synthetic data handling
     memory_bank_size: int = 2048
     memory_fraction: float = 0.5        # share of each student batch drawn from the bank
-    balanced_replay: bool = False       # classification: draw the bank share class-balanced by teacher label
     augment: bool = True                # random shifts (and flips for detection)
     max_shift: int = 2
     augment_mode: str = "roll"          # "roll": one wrap-around shift per batch; "crop": per-image zoom + shift
@@ -310,16 +309,10 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- memory bank
 class SyntheticMemoryBank:
-    """Ring buffer of past synthetic images, stored as uint8 (4x smaller, exact on resume).
-
-    Each image may carry a label (the teacher's top class, -1 when unknown) so that replay
-    can be drawn class-balanced: classes the generator rarely draws are otherwise rarely
-    replayed, and those are the ones the student then gets wrong.
-    """
+    """Ring buffer of past synthetic images, stored as uint8 (4x smaller, exact on resume)."""
 
     def __init__(self, capacity: int, image_shape: Tuple[int, int, int]) -> None:
         self.images = torch.zeros((capacity,) + tuple(image_shape), dtype=torch.uint8)
-        self.labels = torch.full((capacity,), -1, dtype=torch.long)
         self.count = 0
         self.cursor = 0
 
@@ -327,44 +320,25 @@ class SyntheticMemoryBank:
     def capacity(self) -> int:
         return int(self.images.shape[0])
 
-    def push(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
-        """Store ``images`` (B, C, H, W) in [0, 1], optionally with one label each."""
+    def push(self, images: torch.Tensor) -> None:
         if self.capacity == 0:
             return
         quantised = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        labels = torch.full((len(quantised),), -1, dtype=torch.long) if labels is None else labels.detach().cpu()
-        for img, label in zip(quantised[-self.capacity:], labels[-self.capacity:]):
+        for img in quantised[-self.capacity:]:
             self.images[self.cursor] = img
-            self.labels[self.cursor] = label
             self.cursor = (self.cursor + 1) % self.capacity
             self.count = min(self.count + 1, self.capacity)
 
-    def sample(self, count: int, generator: torch.Generator, balanced: bool = False) -> torch.Tensor:
-        """``count`` stored images as float in [0, 1]; ``balanced``: a uniformly drawn label
-        for each, then an image of that label (labels absent from the bank are not drawn)."""
-        if balanced:
-            labels = self.labels[:self.count]
-            present = torch.unique(labels[labels >= 0])
-            if len(present):
-                wanted = present[torch.randint(0, len(present), (count,), generator=generator)]
-                index = torch.empty(count, dtype=torch.long)
-                for label in present.tolist():
-                    slots = (wanted == label).nonzero().flatten()
-                    pool = (labels == label).nonzero().flatten()
-                    index[slots] = pool[torch.randint(0, len(pool), (len(slots),), generator=generator)]
-                return self.images[index].float() / 255.0
+    def sample(self, count: int, generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(0, self.count, (count,), generator=generator)
         return self.images[index].float() / 255.0
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"images": self.images[:self.count].clone(), "labels": self.labels[:self.count].clone(),
-                "count": self.count, "cursor": self.cursor}
+        return {"images": self.images[:self.count].clone(), "count": self.count, "cursor": self.cursor}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.count, self.cursor = int(state["count"]), int(state["cursor"])
         self.images[:self.count] = state["images"]
-        if "labels" in state:   # checkpoints before labelled replay hold none
-            self.labels[:self.count] = state["labels"]
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -580,12 +554,8 @@ class DataFreeDistiller:
             from_bank = int(round(cfg.batch_size * cfg.memory_fraction)) if self.bank.count else 0
             batch = fresh[:cfg.batch_size - from_bank]
             if from_bank:
-                balanced = cfg.balanced_replay and self.task == "classification"
-                batch = torch.cat([batch, self.bank.sample(from_bank, self.rng, balanced=balanced).to(fresh.device)])
-            fresh_labels = None
-            if cfg.balanced_replay and self.task == "classification":
-                fresh_labels = self.teacher(fresh).argmax(1)
-            self.bank.push(fresh, fresh_labels)
+                batch = torch.cat([batch, self.bank.sample(from_bank, self.rng).to(fresh.device)])
+            self.bank.push(fresh)
             batch = self._augment(batch)
             t_out, t_tokens = self.teacher_view(batch)
         self.student.train()
