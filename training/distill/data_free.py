@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from evit_training.distill.generator import GeneratorEnsemble, TransformerGenerator
+from evit_training.distill.generator import TransformerGenerator
 
 TASKS = ("classification", "detection")
 AUGMENT_MODES = ("roll", "crop")
@@ -90,7 +90,6 @@ class DataFreeConfig:
     generator_depth: int = 2
     generator_heads: int = 4
     conditional: bool = False           # class-conditional generator (classification only)
-    num_generators: int = 1             # > 1: an ensemble, each member drawing its share of every batch
     # generator loss weights
     w_adversarial: float = 0.5
     w_feature_stats: float = 1.0
@@ -132,7 +131,7 @@ class DataFreeConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible setting."""
-        for name in ("steps", "batch_size", "student_steps", "num_generators", "grid_every", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "student_steps", "grid_every", "checkpoint_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("generator_steps", "warmup_generator_steps", "memory_bank_size", "max_shift"):
@@ -389,9 +388,7 @@ class DataFreeDistiller:
         self.student_view = _TeacherStudentView(student, task, record_norm_inputs=False)
         self.num_classes = self._probe_num_classes()
         conditional = self.cfg.conditional and task == "classification"
-        make = TransformerGenerator if self.cfg.num_generators == 1 else \
-            (lambda **kw: GeneratorEnsemble(self.cfg.num_generators, **kw))
-        self.generator = make(
+        self.generator = TransformerGenerator(
             image_size=self.image_size, out_chans=self.in_chans, patch_size=self.cfg.generator_patch_size,
             latent_dim=self.cfg.generator_latent_dim, embed_dim=self.cfg.generator_embed_dim,
             depth=self.cfg.generator_depth, num_heads=self.cfg.generator_heads,

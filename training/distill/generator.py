@@ -119,34 +119,3 @@ class TransformerGenerator(nn.Module):
             image = F.interpolate(image, scale_factor=self.upsample, mode="bilinear", align_corners=False)
         image = image + self.smooth(image)
         return torch.sigmoid(self.output_gain * self.output_norm(image))
-
-
-class GeneratorEnsemble(nn.Module):
-    """``count`` independently initialised generators behind one generator's interface.
-
-    A batch is split into ``count`` contiguous chunks, one per generator, and concatenated
-    again. The generator losses (token statistics, class balance, diversity) are computed on
-    the joint batch, so the members are free to specialise on different parts of the
-    teacher's input space: one adversarial generator tends to settle on one family of
-    images, and which family it finds varies a lot from seed to seed.
-    """
-
-    def __init__(self, count: int, **kwargs) -> None:
-        super().__init__()
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count}")
-        self.members = nn.ModuleList(TransformerGenerator(**kwargs) for _ in range(count))
-        first = self.members[0]
-        self.num_classes, self.num_tokens, self.latent_dim = first.num_classes, first.num_tokens, first.latent_dim
-        self.image_size, self.out_chans = first.image_size, first.out_chans
-
-    def sample_latent(self, batch_size: int, generator: Optional[torch.Generator] = None,
-                      device: Optional[torch.device] = None) -> torch.Tensor:
-        """Standard-normal latent tokens ``(B, num_tokens, latent_dim)`` (shared layout)."""
-        return self.members[0].sample_latent(batch_size, generator, device)
-
-    def forward(self, latent: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        sizes = [len(c) for c in torch.arange(latent.shape[0]).tensor_split(len(self.members))]
-        parts = latent.split(sizes)
-        label_parts = labels.split(sizes) if labels is not None else [None] * len(parts)
-        return torch.cat([member(z, y) for member, z, y, n in zip(self.members, parts, label_parts, sizes) if n])
