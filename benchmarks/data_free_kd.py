@@ -19,7 +19,7 @@ report.json-compatible ``stages`` list (``name, params, macs, size_mb, latency_m
 map50_95, input_size, accuracy``). Wall-clock per arm is reported, since the generator's
 steps make data-free KD several times slower than real-data KD at equal student steps.
 
-    .venv/bin/python benchmarks/data_free_kd.py [--steps 600] [--seeds 1] [--no-detection] [--threads 1]
+    .venv/bin/python benchmarks/data_free_kd.py [--steps 1200] [--seeds 3] [--no-detection] [--threads 1]
 """
 from __future__ import annotations
 
@@ -271,6 +271,9 @@ def write_outputs(rows: List[Dict[str, Any]], args, started: str) -> None:
             verdict = {"task": task, "metric": metric, "data_free": df, "kd_real": kd,
                        "ratio_to_kd": round(ratio, 3), "target_ratio": 0.9, "meets_ratio": ratio >= 0.9,
                        "beats_scratch_subset": beats}
+            if by_arm["data_free"].get("accuracy_seeds") and kd:
+                # The target on the mean can hide a seed that misses it; say so per seed.
+                verdict["ratio_to_kd_per_seed"] = [round(a / kd, 3) for a in by_arm["data_free"]["accuracy_seeds"]]
             if by_arm["data_free"].get("val_accuracy") is not None and by_arm["kd_real"].get("val_accuracy"):
                 verdict["val_ratio_to_kd"] = round(by_arm["data_free"]["val_accuracy"]
                                                    / by_arm["kd_real"]["val_accuracy"], 3)
@@ -311,7 +314,11 @@ def write_outputs(rows: List[Dict[str, Any]], args, started: str) -> None:
                      f"of real-data KD ({v['kd_real']:.4f}); target >= 90%: "
                      f"**{'met' if v['meets_ratio'] else 'missed'}**; beats the scratch student on the tiny real "
                      f"subset: **{'yes' if v['beats_scratch_subset'] else 'no'}**"
-                     + (f" (validation split: {100 * v['val_ratio_to_kd']:.1f}% of KD)" if "val_ratio_to_kd" in v else ""))
+                     + (f" (validation split: {100 * v['val_ratio_to_kd']:.1f}% of KD)" if "val_ratio_to_kd" in v else "")
+                     + (" Per data-free seed, against the mean KD student: "
+                        + ", ".join(f"{100 * x:.1f}%" for x in v["ratio_to_kd_per_seed"])
+                        + f" ({sum(x >= 0.9 for x in v['ratio_to_kd_per_seed'])} of "
+                        f"{len(v['ratio_to_kd_per_seed'])} seeds at >= 90%)." if v.get("ratio_to_kd_per_seed") else ""))
     lines += ["", "![arms](data_free_kd.png)", "",
               "Synthesised digits (final generator, 64 fixed latents): "
               "![digits samples](data_free_kd_digits_samples.png)"]
@@ -355,8 +362,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600, help="student steps in every digits arm")
-    parser.add_argument("--seeds", type=int, default=1,
+    parser.add_argument("--steps", type=int, default=1200, help="student steps in every digits arm")
+    parser.add_argument("--seeds", type=int, default=3,
                         help="seeds per digits student arm (student init, data order, data-free game); mean reported")
     parser.add_argument("--teacher-steps", type=int, default=1500)
     parser.add_argument("--val-fraction", type=float, default=0.2,

@@ -65,8 +65,9 @@ CHECKPOINT_NAME = "last.pt"
 class DataFreeConfig:
     """Every knob of the data-free game. Loss weights of 0 switch a term off.
 
-    Defaults are the settings that worked best on digits (conv decoder, unconditional,
-    strong priors); training/configs/data_free_*.yaml spell out every value per task.
+    Defaults follow the digits settings (conv decoder, unconditional, strong priors) except
+    where a choice is task-specific (budget, bank size, augmentation);
+    training/configs/data_free_*.yaml spell out every value per task.
     """
 
     steps: int = 600                    # student optimizer steps (the comparable budget)
