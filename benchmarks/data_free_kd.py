@@ -19,7 +19,7 @@ report.json-compatible ``stages`` list (``name, params, macs, size_mb, latency_m
 map50_95, input_size, accuracy``). Wall-clock per arm is reported, since the generator's
 steps make data-free KD several times slower than real-data KD at equal student steps.
 
-    .venv/bin/python benchmarks/data_free_kd.py [--steps 1200] [--seeds 3] [--no-detection] [--threads 1]
+    .venv/bin/python benchmarks/data_free_kd.py [--steps 1200] [--seeds 3] [--no-digits] [--no-detection] [--threads 1]
 """
 from __future__ import annotations
 
@@ -218,10 +218,8 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
     if args.det_teacher:
         teacher, t_wall, t_steps = load_model(args.det_teacher), 0.0, 0
     else:
-        torch.manual_seed(0)
-        trainer = Trainer(create_detector("teacher_tiny"), train, train_cfg(args.det_teacher_steps, 0),
-                          work / "detection" / "teacher")
-        teacher, t_wall = timed(trainer.fit)
+        teacher, t_wall = detection_teacher(work / "detection" / "teacher", train, train_cfg(args.det_teacher_steps, 0),
+                                            args.retrain_teacher)
         t_steps = args.det_teacher_steps
     teacher.eval()
     row("teacher", teacher, t_wall, t_steps)
@@ -255,6 +253,29 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
     s, wall = timed(trainer.fit)
     row("scratch_subset", s, wall, args.det_steps, real_images_used=len(sub))
     return rows
+
+
+def detection_teacher(out: Path, train, cfg, retrain: bool = False) -> tuple:
+    """``(teacher, wall_s)``: the cached ``teacher_tiny`` in ``out`` when it was trained for
+    ``cfg.steps`` steps with the same batch (training it costs minutes), else trained here."""
+    import torch
+
+    from evit_training.engine.trainer import Trainer
+    from evit_training.models import create_detector
+    from evit_training.models.checkpoint import load_checkpoint, load_model
+
+    path, wall_file = out / "model.pt", out / "wall_s.json"
+    if path.is_file() and not retrain:
+        meta = load_checkpoint(path)
+        trained = (meta.get("train_config") or {})
+        if meta.get("step") == cfg.steps and trained.get("batch_size") == cfg.batch_size:
+            wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
+            print(f"[detect] reusing the teacher in {path} ({cfg.steps} steps)", flush=True)
+            return load_model(path), wall
+    torch.manual_seed(0)
+    teacher, wall = timed(Trainer(create_detector("teacher_tiny"), train, cfg, out).fit)
+    wall_file.write_text(json.dumps({"wall_s": wall}))
+    return teacher, wall
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -293,7 +314,6 @@ def write_outputs(rows: List[Dict[str, Any]], args, started: str) -> None:
              "on the held-out test split, which no tuning decision looked at.", "",
              "| task | arm | accuracy (test) | accuracy (val) | mAP@0.5 | mAP@0.5:0.95 | student steps | real images "
              "| params | MACs | latency ms | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    carried = sorted({r["carried_over_from"] for r in rows if r.get("carried_over_from")})
     for r in rows:
         fmt = (lambda v: "-" if v is None else f"{v:.4f}")
         lines.append(f"| {r['task']} | {r['arm']} | {fmt(r['accuracy'])} | {fmt(r.get('val_accuracy'))} "
@@ -306,8 +326,13 @@ def write_outputs(rows: List[Dict[str, Any]], args, started: str) -> None:
                   "data order, data-free game); test accuracy per seed: "
                   + "; ".join(f"{r['arm']} {', '.join(f'{a:.3f}' for a in r['accuracy_seeds'])}" for r in per_seed)
                   + "."]
-    if carried:
-        lines += ["", f"Detection rows carried over from the run of {', '.join(carried)} (`--no-detection`)."]
+    for task, flag in (("classification", "--no-digits"), ("detection", "--no-detection")):
+        old = [r for r in rows if r["task"] == task and r.get("carried_over_from")]
+        if old:
+            dates = sorted({r["carried_over_from"] for r in old})
+            threads = sorted({str(r.get("measured_threads") or "?") for r in old})
+            lines += ["", f"{'Digits' if task == 'classification' else 'Detection'} rows carried over from the run "
+                      f"of {', '.join(dates)} (`{flag}`; torch threads {', '.join(threads)} there)."]
     lines += ["", "## Targets (issue #5)", ""]
     for v in verdicts:
         lines.append(f"- {v['task']}: data-free {v['metric']} {v['data_free']:.4f} = {100 * v['ratio_to_kd']:.1f}% "
@@ -369,8 +394,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of the digits training images held out as the tuning split")
     parser.add_argument("--subset", type=int, default=50, help="images in the tiny real subset (digits)")
-    parser.add_argument("--retrain-teacher", action="store_true", help="ignore a cached digits teacher")
-    parser.add_argument("--detection", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--retrain-teacher", action="store_true", help="ignore the cached digits and detection teachers")
+    parser.add_argument("--digits", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the digits arms (--no-digits keeps the digits rows of the last run)")
+    parser.add_argument("--detection", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the detection arms (--no-detection keeps the detection rows of the last run)")
     parser.add_argument("--det-steps", type=int, default=60, help="student steps in every detection arm")
     parser.add_argument("--det-batch", type=int, default=8)
     parser.add_argument("--det-teacher", default="", help="trained teacher_tiny checkpoint (else trained here)")
@@ -392,15 +420,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    rows = classification_arms(args, args.work, overrides)
     previous = HERE / "data_free_kd.json"
-    if not args.detection and previous.is_file():
-        # Keep the detection arms of the last full run (they take the longest); marked as such.
-        last = json.loads(previous.read_text())
-        # Rows already carried over keep the date of the run that measured them.
-        kept = [dict(r, carried_over_from=r.get("carried_over_from") or last["started_utc"])
-                for r in last["arms"] if r["task"] == "detection"]
-        rows += kept
+    last = json.loads(previous.read_text()) if previous.is_file() else None
+
+    def carried(task: str) -> List[Dict[str, Any]]:
+        # Keep the rows of a task this run skips, marked as such; rows already carried over
+        # keep the date of the run that measured them.
+        if last is None:
+            return []
+        return [dict(r, carried_over_from=r.get("carried_over_from") or last["started_utc"],
+                     measured_threads=r.get("measured_threads") or last["settings"].get("threads"))
+                for r in last["arms"] if r["task"] == task]
+
+    rows = classification_arms(args, args.work, overrides) if args.digits else carried("classification")
+    if not args.detection:
+        rows += carried("detection")
     write_outputs(rows, args, started)
     if args.detection:
         rows += detection_arms(args, args.work)
