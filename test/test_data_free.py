@@ -15,6 +15,7 @@ import yaml  # noqa: E402
 
 from evit_training.classification import create_classifier, load_classifier, save_classifier  # noqa: E402
 from evit_training.distill.data_free import (DataFreeConfig, DataFreeDistiller, _kl,  # noqa: E402
+                                             focal_heatmap_kd_loss, heatmap_peak_priors,
                                              patch_similarity_entropy, random_crop_shift, run_from_config)
 from evit_training.distill.generator import TransformerGenerator  # noqa: E402
 
@@ -166,6 +167,46 @@ def test_detection_student_imitates_dense_outputs(tmp_path):
     for key in ("s_kl", "s_box", "g_adversarial", "g_confidence", "g_balance"):
         assert torch.isfinite(torch.tensor(distiller.history[-1][key])), key
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_detection_peaks_prior_and_focal_student_loss(tmp_path):
+    models = pytest.importorskip("evit_training.models")
+    torch.manual_seed(0)
+    teacher = models.create_detector("test_micro")
+    student = models.create_detector("test_micro", embed_dim=16)
+    cfg = _tiny_cfg(steps=2, batch_size=4, grid_every=4, memory_bank_size=8, generator_patch_size=16,
+                    detection_prior="peaks", target_objects=3, heatmap_focal_gamma=2.0, augment_mode="crop")
+    distiller = DataFreeDistiller(teacher, student, cfg, tmp_path, task="detection", show_progress=False)
+    distiller.fit()
+    for key in ("s_kl", "g_confidence", "g_balance", "g_objects"):
+        assert torch.isfinite(torch.tensor(distiller.history[-1][key])), key
+    with pytest.raises(ValueError, match="detection_prior"):
+        DataFreeConfig.from_dict({"detection_prior": "blobs"})
+
+
+def test_heatmap_peak_priors_reward_a_few_confident_peaks():
+    logits = torch.full((2, 3, 8, 8), -6.0)
+    logits[0, 1, 2, 2] = logits[0, 2, 5, 5] = 4.0       # image 0: two confident objects, classes 1 and 2
+    logits[1, 1, 4, 4] = 4.0                            # image 1: one
+    conf_two, mix = heatmap_peak_priors(logits, target_objects=2)
+    conf_one, _ = heatmap_peak_priors(logits[1:], target_objects=2)
+    assert conf_two < conf_one                          # the image with two peaks scores better
+    assert mix.shape == (3,) and torch.isclose(mix.sum(), torch.tensor(1.0))
+    assert mix[0] < mix[1] and mix[0] < mix[2]          # the peaks carry classes 1 and 2
+    flat = torch.full((1, 3, 8, 8), 0.0)                # everything at 0.5: many weak "objects"
+    assert heatmap_peak_priors(flat, 2)[0] > heatmap_peak_priors(logits[:1], 2)[0]
+    grad = torch.zeros(1, 3, 8, 8, requires_grad=True)
+    heatmap_peak_priors(grad, 2)[0].backward()
+    assert torch.isfinite(grad.grad).all() and grad.grad.abs().sum() > 0
+
+
+def test_focal_heatmap_kd_is_zero_for_a_copy_and_positive_otherwise():
+    teacher = torch.randn(2, 3, 8, 8)
+    assert focal_heatmap_kd_loss(teacher.clone(), teacher).abs() < 1e-5
+    student = torch.randn(2, 3, 8, 8, requires_grad=True)
+    loss = focal_heatmap_kd_loss(student, teacher, gamma=2.0)
+    loss.backward()
+    assert loss > 0 and torch.isfinite(student.grad).all()
 
 
 def test_run_from_config_trains_and_saves_student(tmp_path):

@@ -58,6 +58,7 @@ from evit_training.distill.generator import TransformerGenerator
 
 TASKS = ("classification", "detection")
 AUGMENT_MODES = ("roll", "crop")
+DETECTION_PRIORS = ("topk", "peaks")
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -100,8 +101,14 @@ class DataFreeConfig:
     w_total_variation: float = 0.0
     w_diversity: float = 1.0            # mode seeking: images from different latents must differ
     adversarial_clip: float = 5.0       # the gap the generator chases is clamped per image
+    # detection priors: "topk" = the strongest 4 cells of the most confident class;
+    # "peaks" = `target_objects` local maxima per image confident, the rest of the map quiet,
+    # class balance over those peaks
+    detection_prior: str = "topk"
+    target_objects: int = 4
     # student loss weights
     w_kl: float = 1.0
+    heatmap_focal_gamma: float = 0.0    # detection: weight heatmap KD cells by |p_student - p_teacher|^gamma
     w_box: float = 1.0                  # detection: size/offset imitation
     w_feature: float = 1.0              # patch-relation matching
     # synthetic data handling
@@ -147,6 +154,12 @@ class DataFreeConfig:
             raise ValueError(f"augment_mode must be one of {AUGMENT_MODES}, got {self.augment_mode!r}")
         if not 0.0 < self.crop_scale <= 1.0:
             raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+        if self.detection_prior not in DETECTION_PRIORS:
+            raise ValueError(f"detection_prior must be one of {DETECTION_PRIORS}, got {self.detection_prior!r}")
+        if self.target_objects < 1:
+            raise ValueError(f"target_objects must be >= 1, got {self.target_objects}")
+        if self.heatmap_focal_gamma < 0:
+            raise ValueError(f"heatmap_focal_gamma must be >= 0, got {self.heatmap_focal_gamma}")
 
 
 # ----------------------------------------------------------------------------- model views
@@ -266,6 +279,44 @@ def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     kl = F.kl_div(F.log_softmax(student_logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
                   reduction="none", log_target=True).sum(1) * temperature ** 2
     return kl.mean() if reduction == "batchmean" else kl
+
+
+def heatmap_peak_priors(heatmap_logits: torch.Tensor, target_objects: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(confidence, class_mix)`` of a CenterNet heatmap for the generator's "peaks" prior.
+
+    Scenes hold a handful of objects: the ``target_objects`` strongest local maxima (3x3) of
+    each image's class-max heatmap should be confident (``-log p`` of each), every other cell
+    quiet (its mean probability is added). ``class_mix`` (C,) is the class distribution at
+    those peaks averaged over the batch, for a class-balance term that counts objects rather
+    than whole images.
+    """
+    heat = torch.sigmoid(heatmap_logits.float())                      # (B, C, H, W)
+    best = heat.amax(1)                                               # (B, H, W)
+    is_peak = best == F.max_pool2d(best.unsqueeze(1), 3, 1, 1).squeeze(1)
+    k = min(target_objects, best[0].numel())
+    # Non-peak cells rank last (-1) so the top k are local maxima whenever there are k of them.
+    index = torch.where(is_peak, best, torch.full_like(best, -1.0)).flatten(1).topk(k, dim=1).indices
+    peaks = best.flatten(1).gather(1, index)                          # (B, k), differentiable
+    quiet = best.flatten(1).scatter(1, index, 0.0).sum(1) / max(1, best[0].numel() - k)
+    confidence = -(peaks + 1e-6).log().mean() + quiet.mean()
+    per_class = heat.flatten(2).gather(2, index.unsqueeze(1).expand(-1, heat.shape[1], -1))   # (B, C, k)
+    share = per_class / per_class.sum(1, keepdim=True).clamp(min=1e-6)
+    return confidence, share.mean((0, 2))
+
+
+def focal_heatmap_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                          gamma: float = 2.0) -> torch.Tensor:
+    """Heatmap KD (BCE to the teacher's probabilities minus its entropy, normalised by the
+    teacher's mass, as :func:`evit_training.distill.logit_kd.heatmap_kd_loss`) with each cell
+    weighted by ``|p_student - p_teacher|^gamma``: the many background cells the student
+    already copies stop drowning the few where the teacher sees objects."""
+    t = float(temperature)
+    soft = torch.sigmoid(teacher_logits.float() / t)
+    s_logits = student_logits.float() / t
+    loss = F.binary_cross_entropy_with_logits(s_logits, soft, reduction="none") \
+        - F.binary_cross_entropy(soft, soft, reduction="none")
+    weight = (torch.sigmoid(s_logits) - soft).abs().pow(gamma).detach()
+    return (loss * weight).sum() / (soft * weight).sum().clamp(min=1.0) * t * t
 
 
 def batch_diversity(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -494,6 +545,8 @@ class DataFreeDistiller:
             else:
                 confidence = -(probs * F.log_softmax(t_out, 1)).sum(1).mean()
             mean = probs.mean(0)
+        elif self.cfg.detection_prior == "peaks":
+            confidence, mean = heatmap_peak_priors(t_out["heatmap"], self.cfg.target_objects)
         else:
             heat = torch.sigmoid(t_out["heatmap"]).flatten(2)             # (B, C, HW)
             peaks = heat.amax(2)                                          # (B, C)
@@ -509,6 +562,9 @@ class DataFreeDistiller:
             return {"kl": self.cfg.w_kl * _kl(s_out, t_out, self.cfg.temperature)}
         from evit_training.distill.logit_kd import logit_kd_loss
         terms = logit_kd_loss(s_out, t_out, temperature=self.cfg.temperature, box_weight=self.cfg.w_box)
+        if self.cfg.heatmap_focal_gamma:
+            terms["heatmap"] = focal_heatmap_kd_loss(s_out["heatmap"], t_out["heatmap"], self.cfg.temperature,
+                                                     self.cfg.heatmap_focal_gamma)
         return {"kl": self.cfg.w_kl * terms["heatmap"], "box": terms["box"]}
 
     # ---------------------------------------------------------------- steps
@@ -544,7 +600,13 @@ class DataFreeDistiller:
         loss.backward()
         self.opt_g.step()
         self.student.zero_grad(set_to_none=True)   # the generator's backward reached the student
-        return {"g_" + k: float(v.detach()) for k, v in terms.items()}
+        record = {"g_" + k: float(v.detach()) for k, v in terms.items()}
+        if self.task == "detection":
+            # Diagnostic only: objects the teacher sees per synthetic image (3x3 peaks above 0.3).
+            best = torch.sigmoid(t_out["heatmap"].detach()).amax(1, keepdim=True)
+            peaks = (best == F.max_pool2d(best, 3, 1, 1)) & (best > 0.3)
+            record["g_objects"] = float(peaks.flatten(1).sum(1).float().mean())
+        return record
 
     def student_step(self) -> Dict[str, float]:
         """One student update on fresh synthetic images mixed with the memory bank."""
