@@ -23,7 +23,7 @@ benchmark: env
 clean:
 	rm -rf build runs .pytest_cache
 
-# The bundled default model: the compress_default run (about 40 min on 2 CPU cores), then its
+# The bundled default model: the compress_default run (about 75 min on 2 CPU cores), then its
 # pruned FP32 stage and INT8 stage copied into models/ with the run's report.
 default-model: env
 	$(VENV)/bin/evit compress training/configs/compress_default.yaml
