@@ -15,8 +15,9 @@ import yaml  # noqa: E402
 
 from evit_training.classification import create_classifier, load_classifier, save_classifier  # noqa: E402
 from evit_training.distill.data_free import (DataFreeConfig, DataFreeDistiller, _kl,  # noqa: E402
-                                             focal_heatmap_kd_loss, heatmap_peak_priors,
-                                             patch_similarity_entropy, random_crop_shift, run_from_config)
+                                             heatmap_peak_priors, patch_similarity_entropy,
+                                             random_crop_shift, run_from_config)
+from evit_training.distill.logit_kd import heatmap_kd_loss  # noqa: E402
 from evit_training.distill.generator import TransformerGenerator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,9 +203,9 @@ def test_heatmap_peak_priors_reward_a_few_confident_peaks():
 
 def test_focal_heatmap_kd_is_zero_for_a_copy_and_positive_otherwise():
     teacher = torch.randn(2, 3, 8, 8)
-    assert focal_heatmap_kd_loss(teacher.clone(), teacher).abs() < 1e-5
+    assert heatmap_kd_loss(teacher.clone(), teacher, focal_gamma=2.0).abs() < 1e-5
     student = torch.randn(2, 3, 8, 8, requires_grad=True)
-    loss = focal_heatmap_kd_loss(student, teacher, gamma=2.0)
+    loss = heatmap_kd_loss(student, teacher, focal_gamma=2.0)
     loss.backward()
     assert loss > 0 and torch.isfinite(student.grad).all()
 

@@ -439,9 +439,12 @@ def _train_sections(doc: Any) -> List[Dict[str, Any]]:
     """Every ``train`` mapping nested in a config section (stage trainers, the fine-tune)."""
     if not isinstance(doc, dict):
         return []
-    found = [doc["train"]] if isinstance(doc.get("train"), dict) else []
-    for value in doc.values():
-        found.extend(_train_sections(value) if isinstance(value, dict) and value is not doc.get("train") else [])
+    found: List[Dict[str, Any]] = []
+    for key, value in doc.items():
+        if key == "train" and isinstance(value, dict):
+            found.append(value)
+        else:
+            found.extend(_train_sections(value))
     return found
 
 

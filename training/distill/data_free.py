@@ -304,21 +304,6 @@ def heatmap_peak_priors(heatmap_logits: torch.Tensor, target_objects: int) -> Tu
     return confidence, share.mean((0, 2))
 
 
-def focal_heatmap_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-                          gamma: float = 2.0) -> torch.Tensor:
-    """Heatmap KD (BCE to the teacher's probabilities minus its entropy, normalised by the
-    teacher's mass, as :func:`evit_training.distill.logit_kd.heatmap_kd_loss`) with each cell
-    weighted by ``|p_student - p_teacher|^gamma``: the many background cells the student
-    already copies stop drowning the few where the teacher sees objects."""
-    t = float(temperature)
-    soft = torch.sigmoid(teacher_logits.float() / t)
-    s_logits = student_logits.float() / t
-    loss = F.binary_cross_entropy_with_logits(s_logits, soft, reduction="none") \
-        - F.binary_cross_entropy(soft, soft, reduction="none")
-    weight = (torch.sigmoid(s_logits) - soft).abs().pow(gamma).detach()
-    return (loss * weight).sum() / (soft * weight).sum().clamp(min=1.0) * t * t
-
-
 def batch_diversity(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Mean distance between each image (and its teacher tokens) and its batch neighbour.
 
@@ -561,10 +546,8 @@ class DataFreeDistiller:
         if self.task == "classification":
             return {"kl": self.cfg.w_kl * _kl(s_out, t_out, self.cfg.temperature)}
         from evit_training.distill.logit_kd import logit_kd_loss
-        terms = logit_kd_loss(s_out, t_out, temperature=self.cfg.temperature, box_weight=self.cfg.w_box)
-        if self.cfg.heatmap_focal_gamma:
-            terms["heatmap"] = focal_heatmap_kd_loss(s_out["heatmap"], t_out["heatmap"], self.cfg.temperature,
-                                                     self.cfg.heatmap_focal_gamma)
+        terms = logit_kd_loss(s_out, t_out, temperature=self.cfg.temperature, box_weight=self.cfg.w_box,
+                              focal_gamma=self.cfg.heatmap_focal_gamma)
         return {"kl": self.cfg.w_kl * terms["heatmap"], "box": terms["box"]}
 
     # ---------------------------------------------------------------- steps

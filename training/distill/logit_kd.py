@@ -15,21 +15,30 @@ import torch.nn.functional as F
 
 
 def heatmap_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                    temperature: float = 1.0) -> torch.Tensor:
-    """BCE between tempered student and teacher heatmap probabilities (mean over cells)."""
+                    temperature: float = 1.0, focal_gamma: float = 0.0) -> torch.Tensor:
+    """BCE between tempered student and teacher heatmap probabilities (mean over cells).
+
+    ``focal_gamma > 0`` weights each cell by ``|p_student - p_teacher|^gamma``, so the many
+    background cells the student already copies stop drowning the few where the teacher sees
+    objects (used by data-free detection KD, whose synthetic scenes are mostly background).
+    """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"heatmap shapes differ: student {tuple(student_logits.shape)} "
                          f"vs teacher {tuple(teacher_logits.shape)}; logit KD needs the same "
                          "input size and output stride")
     t = float(temperature)
     soft = torch.sigmoid(teacher_logits.float() / t)
-    loss = F.binary_cross_entropy_with_logits(student_logits.float() / t, soft, reduction="none")
+    s_logits = student_logits.float() / t
+    loss = F.binary_cross_entropy_with_logits(s_logits, soft, reduction="none")
     # BCE of a soft target never reaches 0; subtract the target's entropy so a perfect copy
     # scores 0 and the number reads as a divergence.
-    entropy = F.binary_cross_entropy(soft, soft, reduction="none")
+    loss = loss - F.binary_cross_entropy(soft, soft, reduction="none")
+    if focal_gamma > 0:
+        weight = (torch.sigmoid(s_logits) - soft).abs().pow(focal_gamma).detach()
+        loss, soft = loss * weight, soft * weight
     # Normalised by the teacher's probability mass, like focal loss by its centre count, so
     # the term keeps its scale whether a scene holds 2 objects or 40.
-    return (loss - entropy).sum() / soft.sum().clamp(min=1.0) * t * t
+    return loss.sum() / soft.sum().clamp(min=1.0) * t * t
 
 
 def box_kd_loss(student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -43,7 +52,8 @@ def box_kd_loss(student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch
 
 
 def logit_kd_loss(student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor],
-                  temperature: float = 1.0, box_weight: float = 1.0) -> Dict[str, torch.Tensor]:
+                  temperature: float = 1.0, box_weight: float = 1.0,
+                  focal_gamma: float = 0.0) -> Dict[str, torch.Tensor]:
     """``{"heatmap": ..., "box": ...}`` KD terms for one batch."""
-    return {"heatmap": heatmap_kd_loss(student["heatmap"], teacher["heatmap"], temperature),
+    return {"heatmap": heatmap_kd_loss(student["heatmap"], teacher["heatmap"], temperature, focal_gamma),
             "box": box_weight * box_kd_loss(student, teacher)}
