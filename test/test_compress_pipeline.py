@@ -6,7 +6,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -57,8 +56,7 @@ def test_tiny_config_runs_every_stage(tiny_run):
 
 def test_pruned_checkpoint_and_exports_agree(tiny_run):
     """The fine-tuned pruned checkpoint reloads on its own and its ONNX matches PyTorch."""
-    import onnxruntime as ort
-
+    from evit_training.export.onnx_export import DecodedDetector, compare_with_onnxruntime
     from evit_training.models.checkpoint import load_model
 
     pipeline, _ = tiny_run
@@ -66,19 +64,10 @@ def test_pruned_checkpoint_and_exports_agree(tiny_run):
     assert model.config["blocks"] is not None, "pruned widths travel in the checkpoint"
     size = model.config["input_size"]
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    ref = model.predict(x).numpy()
-    session = ort.InferenceSession(str(pipeline.onnx("finetune")), providers=["CPUExecutionProvider"])
-    out = session.run(None, {"images": x.numpy()})[0]
-    assert out.shape == ref.shape
-    # Rows are sorted by score, and near-equal scores of an untrained model may swap places
-    # between runtimes: compare the scored rows as sets (ordered by class and box).
-    def scored(rows):
-        rows = rows[rows[:, 4] > 0.01]
-        return rows[np.lexsort((rows[:, 1], rows[:, 0], rows[:, 5]))]
-
-    ref_rows, out_rows = scored(ref[0]), scored(out[0])
-    assert len(ref_rows) and out_rows.shape == ref_rows.shape
-    assert np.abs(out_rows - ref_rows).max() < 1e-3
+    assert (model.predict(x)[0, :, 4] > 0.01).any()
+    # Order-invariant comparison: near-equal scores of an untrained model may swap places
+    # between runtimes.
+    assert compare_with_onnxruntime(DecodedDetector(model), pipeline.onnx("finetune"), x) < 1e-3
 
 
 def test_int8_model_runs_in_the_node_detector(tiny_run):

@@ -281,6 +281,11 @@ def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     return kl.mean() if reduction == "batchmean" else kl
 
 
+def _local_maxima(best: torch.Tensor) -> torch.Tensor:
+    """Cells of a class-max heatmap ``(B, H, W)`` that are the maximum of their 3x3 window."""
+    return best == F.max_pool2d(best.unsqueeze(1), 3, 1, 1).squeeze(1)
+
+
 def heatmap_peak_priors(heatmap_logits: torch.Tensor, target_objects: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(confidence, class_mix)`` of a CenterNet heatmap for the generator's "peaks" prior.
 
@@ -292,7 +297,7 @@ def heatmap_peak_priors(heatmap_logits: torch.Tensor, target_objects: int) -> Tu
     """
     heat = torch.sigmoid(heatmap_logits.float())                      # (B, C, H, W)
     best = heat.amax(1)                                               # (B, H, W)
-    is_peak = best == F.max_pool2d(best.unsqueeze(1), 3, 1, 1).squeeze(1)
+    is_peak = _local_maxima(best)
     k = min(target_objects, best[0].numel())
     # Non-peak cells rank last (-1) so the top k are local maxima whenever there are k of them.
     index = torch.where(is_peak, best, torch.full_like(best, -1.0)).flatten(1).topk(k, dim=1).indices
@@ -586,8 +591,8 @@ class DataFreeDistiller:
         record = {"g_" + k: float(v.detach()) for k, v in terms.items()}
         if self.task == "detection":
             # Diagnostic only: objects the teacher sees per synthetic image (3x3 peaks above 0.3).
-            best = torch.sigmoid(t_out["heatmap"].detach()).amax(1, keepdim=True)
-            peaks = (best == F.max_pool2d(best, 3, 1, 1)) & (best > 0.3)
+            best = torch.sigmoid(t_out["heatmap"].detach()).amax(1)
+            peaks = _local_maxima(best) & (best > 0.3)
             record["g_objects"] = float(peaks.flatten(1).sum(1).float().mean())
         return record
 
