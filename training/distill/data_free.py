@@ -10,11 +10,12 @@ Transfer": rounds alternate
 
   - ``feature_stats``: mean/std of every block's LayerNorm input (per channel, over batch
     and tokens), recorded with forward pre-hooks, matched to target statistics. A ViT has
-    no BatchNorm running statistics to invert, so the targets are recorded once from the
-    teacher on a few batches of random *smooth* noise images (blurred uniform noise at
-    several scales). This pins the scale of the residual stream to what the teacher sees on
-    image-like inputs and stops the generator from driving activations to extremes; it is
-    a weak prior, which is why its default weight is small.
+    no BatchNorm running statistics to invert, so our trainer stores their analogue in every
+    checkpoint it writes (:mod:`evit_training.distill.token_statistics`: the same mean/std
+    over a sample of its training images). Those are the targets when the teacher carries
+    them; for a teacher without them they are recorded once on random *smooth* noise images
+    (blurred uniform noise at several scales), a weak prior that only pins the scale of the
+    residual stream to what the teacher sees on image-like inputs.
   - ``patch_similarity``: the differential entropy (Gaussian kernel density estimate) of the
     cosine similarities between patch tokens in every block, maximised (PSAQ-ViT): real
     images give diverse patch relations; degenerate images give all-similar patches.
@@ -55,10 +56,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from evit_training.distill.generator import TransformerGenerator
+from evit_training.distill.token_statistics import check_fits, record_token_statistics, token_statistics
 
 TASKS = ("classification", "detection")
 AUGMENT_MODES = ("roll", "crop")
 DETECTION_PRIORS = ("topk", "peaks")
+STATS_SOURCES = ("auto", "teacher", "noise")
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -119,7 +122,10 @@ class DataFreeConfig:
     augment_mode: str = "roll"          # "roll": one wrap-around shift per batch; "crop": per-image zoom + shift
     crop_scale: float = 0.8             # "crop": smallest side of the crop, as a share of the image side
     cutmix_prob: float = 0.5
-    # statistics prior targets
+    # statistics prior targets: "teacher" = the token statistics stored in the teacher's
+    # checkpoint (recorded on its training data, see token_statistics.py); "noise" = recorded
+    # here on smooth noise images; "auto" = the teacher's when its checkpoint has them
+    feature_stats_source: str = "auto"
     stats_batches: int = 4
     # bookkeeping
     grid_every: int = 100               # PNG grid of synthetic images every N student steps
@@ -158,6 +164,8 @@ class DataFreeConfig:
             raise ValueError(f"detection_prior must be one of {DETECTION_PRIORS}, got {self.detection_prior!r}")
         if self.target_objects < 1:
             raise ValueError(f"target_objects must be >= 1, got {self.target_objects}")
+        if self.feature_stats_source not in STATS_SOURCES:
+            raise ValueError(f"feature_stats_source must be one of {STATS_SOURCES}, got {self.feature_stats_source!r}")
         if self.heatmap_focal_gamma < 0:
             raise ValueError(f"heatmap_focal_gamma must be >= 0, got {self.heatmap_focal_gamma}")
 
@@ -221,15 +229,6 @@ def _model_geometry(model: nn.Module) -> Tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- losses
-def token_statistics(norm_inputs: List[torch.Tensor]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """Per block: (mean, std) per channel over batch and tokens of the LayerNorm input."""
-    stats = []
-    for x in norm_inputs:
-        flat = x.reshape(-1, x.shape[-1]).float()
-        stats.append((flat.mean(0), flat.var(0, unbiased=False).add(1e-6).sqrt()))
-    return stats
-
-
 def feature_stats_loss(norm_inputs: List[torch.Tensor],
                        targets: List[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """DeepInversion-style distance of token statistics to the targets, summed over blocks."""
@@ -394,10 +393,12 @@ class DataFreeDistiller:
         out_dir: checkpoints (``last.pt``), ``samples/step_XXXXXX.png`` grids, ``history.json``.
         task: ``"classification"`` (logits) or ``"detection"`` (dense CenterNet maps).
         resume: continue from ``out_dir/last.pt`` when it exists.
+        token_stats: the teacher's stored token statistics (``token_statistics.from_checkpoint``),
+            the targets of the ``feature_stats`` prior unless ``cfg.feature_stats_source`` is
+            "noise"; without them the targets are recorded on smooth noise.
         stats_images: optional few real images ``(N, C, H, W)`` in [0, 1]; when given, the
-            token-statistics targets are recorded from the teacher on them instead of on
-            smooth noise (the "tiny real subset" variant: a real DeepInversion-style prior;
-            the student still never trains on them).
+            targets are recorded from the teacher on them instead (the "tiny real subset"
+            variant; the student still never trains on them).
         device: where teacher, student and generator run (default: the teacher's device);
             the memory bank and the random generator stay on the CPU.
     """
@@ -406,6 +407,7 @@ class DataFreeDistiller:
                  out_dir: Union[str, Path] = "runs/data_free", task: str = "classification",
                  resume: bool = True, show_progress: bool = True,
                  stats_images: Optional[torch.Tensor] = None,
+                 token_stats: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
                  device: Optional[Union[str, torch.device]] = None) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -442,7 +444,8 @@ class DataFreeDistiller:
                                        weight_decay=self.cfg.weight_decay)
         self.sched_s = torch.optim.lr_scheduler.LambdaLR(self.opt_s, _budget_factor(self.cfg.steps))
         self.bank = SyntheticMemoryBank(self.cfg.memory_bank_size, (self.in_chans, self.image_size, self.image_size))
-        self.stat_targets = self._record_stat_targets(stats_images)
+        self.stat_targets, self.stats_source = self._stat_targets(stats_images, token_stats)
+        self.teacher_view.norm_inputs = []   # the recording above went through the hooks too
         self.step = 0
         self.warmup_done = 0
         self.history: List[Dict[str, float]] = []
@@ -458,33 +461,40 @@ class DataFreeDistiller:
                                               device=self.device))
         return int(out["heatmap"].shape[1] if self.task == "detection" else out.shape[1])
 
-    @torch.no_grad()
-    def _record_stat_targets(self, images: Optional[torch.Tensor] = None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """Teacher token statistics on random smooth noise (see the module docstring), or on
-        the few real ``images`` when given."""
+    def _stat_targets(self, images: Optional[torch.Tensor],
+                      stored: Optional[List[Tuple[torch.Tensor, torch.Tensor]]]) -> Tuple[list, str]:
+        """``(targets, source)`` of the feature-statistics prior: from ``images`` when given,
+        else the teacher's stored statistics (per ``cfg.feature_stats_source``), else smooth
+        noise (see the module docstring)."""
+        source = self.cfg.feature_stats_source
         if images is not None:
             expected = (self.in_chans, self.image_size, self.image_size)
             if images.ndim != 4 or tuple(images.shape[1:]) != expected:
                 raise ValueError(f"stats_images must be (N, {expected[0]}, {expected[1]}, {expected[2]}), "
                                  f"got {tuple(images.shape)}")
-            collected_real = []
-            for start in range(0, len(images), 64):
-                self.teacher_view(images[start:start + 64].float().to(self.device))
-                collected_real.append([x.detach() for x in self.teacher_view.norm_inputs])
-            per_block = [torch.cat([batch[b] for batch in collected_real]) for b in range(len(collected_real[0]))]
-            return [(m.detach(), s.detach()) for m, s in token_statistics(per_block)]
+            stats, _ = record_token_statistics(self.teacher, images.float().split(64))
+            return self._on_device(stats), "images"
+        if source == "teacher" and stored is None:
+            raise ValueError("feature_stats_source is 'teacher' but the teacher checkpoint holds no token "
+                             "statistics (checkpoints from before they were recorded; retrain, or use 'auto')")
+        if stored is not None and source != "noise":
+            check_fits(stored, self.teacher)
+            return self._on_device(stored), "teacher"
         noise_rng = torch.Generator().manual_seed(self.cfg.seed + 2)
-        collected: List[List[torch.Tensor]] = []
-        for i in range(max(1, self.cfg.stats_batches)):
-            scale = 2 ** (1 + i % 3)          # blobs of 2, 4 and 8 pixels
-            low = torch.rand(16, self.in_chans, max(1, self.image_size // scale), max(1, self.image_size // scale),
-                             generator=noise_rng)
-            images = F.interpolate(low, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False)
-            self.teacher_view(images.to(self.device))
-            collected.append([x.detach() for x in self.teacher_view.norm_inputs])
-        per_block = [torch.cat([batch[b] for batch in collected]) for b in range(len(collected[0]))]
-        return [(m.detach(), s.detach()) for m, s in token_statistics(per_block)]
+
+        def smooth_noise():
+            for i in range(max(1, self.cfg.stats_batches)):
+                scale = 2 ** (1 + i % 3)          # blobs of 2, 4 and 8 pixels
+                side = max(1, self.image_size // scale)
+                low = torch.rand(16, self.in_chans, side, side, generator=noise_rng)
+                yield F.interpolate(low, size=(self.image_size, self.image_size), mode="bilinear",
+                                    align_corners=False)
+
+        stats, _ = record_token_statistics(self.teacher, smooth_noise())
+        return self._on_device(stats), "noise"
+
+    def _on_device(self, stats: List[Tuple[torch.Tensor, torch.Tensor]]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        return [(m.detach().float().to(self.device), s.detach().float().to(self.device)) for m, s in stats]
 
     # ---------------------------------------------------------------- sampling
     def _sample_latent(self, count: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -799,16 +809,21 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
     out = Path(out_dir or config.get("out_dir") or "runs/data_free")
     cfg = DataFreeConfig.from_dict(config.get("data_free") or {})
     teacher = _load_model(config["teacher"], task, "teacher")
+    token_stats = None
+    if isinstance(config["teacher"], str):
+        from evit_training.distill.token_statistics import from_checkpoint
+        token_stats = from_checkpoint(torch.load(config["teacher"], map_location="cpu", weights_only=False))
     student = _load_model(config.get("student", "digits_student" if task == "classification" else "student_tiny"),
                           task, "student")
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     distiller = DataFreeDistiller(teacher, student, cfg, out, task=task, resume=resume,
-                                  show_progress=show_progress, device=device)
+                                  show_progress=show_progress, token_stats=token_stats, device=device)
     distiller.fit()
     distiller.save_grid(out / "samples" / "final.png")
     distiller.close()
-    result: Dict[str, Any] = {"out_dir": str(out), "steps": distiller.step, "elapsed_s": round(distiller.elapsed_s, 2)}
+    result: Dict[str, Any] = {"out_dir": str(out), "steps": distiller.step, "elapsed_s": round(distiller.elapsed_s, 2),
+                              "feature_stats_source": distiller.stats_source}
     if task == "classification":
         from evit_training.classification.models import save_classifier
         result["student"] = str(save_classifier(student, out / "student.pt", data_free=asdict(cfg)))

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from evit_training.distill.objective import DistillationObjective, KDConfig
+from evit_training.distill import token_statistics
 from evit_training.distill.teacher_cache import TeacherCache
 from evit_training.models.checkpoint import load_checkpoint, save_checkpoint, unwrap
 
@@ -67,6 +68,9 @@ class TrainConfig:
     size_weight: float = 1.0
     offset_weight: float = 1.0
     progress: bool = True
+    # Training images whose token statistics go into model.pt (the data-free KD prior,
+    # see distill/token_statistics.py); 0 records none.
+    token_stats_images: int = 256
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -79,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"train.amp {self.amp!r} not in {AMP_MODES}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.token_stats_images < 0:
+            raise ValueError(f"train.token_stats_images must be >= 0, got {self.token_stats_images}")
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, min_ratio: float) -> float:
@@ -311,6 +317,10 @@ class Trainer:
                     "kd_config": asdict(self.kd) if self.kd else None}
             if self.teacher_cache is not None:
                 meta["teacher_cache_seconds"] = self.teacher_cache.seconds
+            if cfg.token_stats_images:
+                stats, count = token_statistics.record_token_statistics(
+                    student, token_statistics.dataset_batches(self.train_dataset, cfg.token_stats_images))
+                meta[token_statistics.CHECKPOINT_KEY] = token_statistics.to_checkpoint(stats, count)
             save_checkpoint(student, self.out_dir / "model.pt", **meta)
             self.history.save(self.out_dir, "distill" if self.kd else "train")
         barrier(ctx)
