@@ -192,10 +192,12 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
     from evit_training.engine.evaluate import evaluate_model
     from evit_training.engine.trainer import TrainConfig, Trainer
     from evit_training.models import create_detector
-    from evit_training.models.checkpoint import load_model
+    from evit_training.distill.token_statistics import from_checkpoint
+    from evit_training.models.checkpoint import load_checkpoint, load_model
+    from evit_training.models.weight_selection import select_weights
 
     size = 160
-    root = work / "detection" / "data"
+    root = work / "detection" / f"data_{args.det_images}"
     if not (root / "train" / "annotations.json").is_file():
         generate_dataset(root, args.det_images, size, seed=0, val_fraction=0.2)
     train = load_detection_dataset(root / "train" / "annotations.json", input_size=size, train=False)
@@ -211,55 +213,73 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
         print(f"[detect] {name:15s} mAP50 {r['map50']:.4f}  steps {steps}  wall {wall_s:.0f}s", flush=True)
         rows.append(r)
 
-    def train_cfg(steps: int, seed: int) -> TrainConfig:
-        return TrainConfig(steps=steps, batch_size=args.det_batch, lr=2e-3, seed=seed, threads=args.threads,
+    def train_cfg(steps: int, seed: int, batch: int = args.det_batch) -> TrainConfig:
+        return TrainConfig(steps=steps, batch_size=batch, lr=2e-3, seed=seed, threads=args.threads,
                            progress=True, log_every=10)
 
     if args.det_teacher:
         teacher, t_wall, t_steps = load_model(args.det_teacher), 0.0, 0
+        token_stats = from_checkpoint(load_checkpoint(args.det_teacher))
     else:
-        teacher, t_wall = detection_teacher(work / "detection" / "teacher", train, train_cfg(args.det_teacher_steps, 0),
-                                            args.retrain_teacher)
+        teacher, t_wall, token_stats = detection_teacher(
+            work / "detection" / f"teacher_{args.det_images}", train, train_cfg(args.det_teacher_steps, 0, args.det_teacher_batch),
+            args.retrain_teacher)
         t_steps = args.det_teacher_steps
     teacher.eval()
     row("teacher", teacher, t_wall, t_steps)
 
-    def student():
+    def student(init: str):
         torch.manual_seed(1)
-        return create_detector("student_tiny")
+        model = create_detector("student_tiny")
+        if init == "weight_selection":
+            select_weights(teacher, model)    # a consistent subset of the teacher's weights, no data
+        return model
 
     kd = KDConfig(gt_weight=1.0, logit_weight=1.0, box_weight=1.0, cache_teacher="auto")
-    trainer = Trainer(student(), train, train_cfg(args.det_steps, 1), work / "detection" / "kd_real",
-                      teacher=teacher, kd=kd)
-    s, wall = timed(trainer.fit)
-    row("kd_real", s, wall, args.det_steps)
-
     df_yaml = yaml.safe_load((REPO / "training" / "configs" / "data_free_detection.yaml").read_text())
     df_cfg = DataFreeConfig.from_dict({**df_yaml["data_free"], "steps": args.det_steps,
                                        "batch_size": args.det_batch})
-    s = student()
-    distiller = DataFreeDistiller(teacher, s, df_cfg, work / "detection" / "data_free", task="detection",
-                                  resume=False)
-    _, wall = timed(distiller.fit)
-    shrink_png(distiller.save_grid(HERE / "data_free_kd_detection_samples.png"), width=640)
-    distiller.close()
-    row("data_free", s, wall, args.det_steps, real_images_used=0)
-
-    trainer = Trainer(student(), train, train_cfg(args.det_steps, 1), work / "detection" / "scratch")
-    s, wall = timed(trainer.fit)
-    row("scratch", s, wall, args.det_steps)
     sub = torch.utils.data.Subset(train, list(range(min(args.det_subset, len(train)))))
-    trainer = Trainer(student(), sub, train_cfg(args.det_steps, 1), work / "detection" / "scratch_subset")
+    # Students that start from the teacher's weights (the data-free recipe's init) get the same
+    # start in the real-data KD arm; the "_random_init" rows show what that start is worth.
+    for init, suffix in (("weight_selection", ""), ("random", "_random_init")):
+        trainer = Trainer(student(init), train, train_cfg(args.det_steps, 1), work / "detection" / f"kd_real{suffix}",
+                          teacher=teacher, kd=kd)
+        s, wall = timed(trainer.fit)
+        row(f"kd_real{suffix}", s, wall, args.det_steps, student_init=init)
+
+        s = student(init)
+        distiller = DataFreeDistiller(teacher, s, df_cfg, work / "detection" / f"data_free{suffix}",
+                                      task="detection", resume=False, token_stats=token_stats)
+        _, wall = timed(distiller.fit)
+        if not suffix:
+            shrink_png(distiller.save_grid(HERE / "data_free_kd_detection_samples.png"), width=640)
+        distiller.close()
+        row(f"data_free{suffix}", s, wall, args.det_steps, real_images_used=0, student_init=init,
+            feature_stats_source=distiller.stats_source)
+
+    trainer = Trainer(student("random"), train, train_cfg(args.det_steps, 1), work / "detection" / "scratch")
     s, wall = timed(trainer.fit)
-    row("scratch_subset", s, wall, args.det_steps, real_images_used=len(sub))
+    row("scratch", s, wall, args.det_steps, student_init="random")
+    trainer = Trainer(student("random"), sub, train_cfg(args.det_steps, 1), work / "detection" / "scratch_subset")
+    s, wall = timed(trainer.fit)
+    row("scratch_subset", s, wall, args.det_steps, real_images_used=len(sub), student_init="random")
+    # The strict competitor of a data-free student: the same teacher-derived start, fine-tuned on
+    # the labels of the tiny subset instead of distilled on synthetic images.
+    trainer = Trainer(student("weight_selection"), sub, train_cfg(args.det_steps, 1),
+                      work / "detection" / "finetune_subset")
+    s, wall = timed(trainer.fit)
+    row("finetune_subset", s, wall, args.det_steps, real_images_used=len(sub), student_init="weight_selection")
     return rows
 
 
 def detection_teacher(out: Path, train, cfg, retrain: bool = False) -> tuple:
-    """``(teacher, wall_s)``: the cached ``teacher_tiny`` in ``out`` when it was trained for
-    ``cfg.steps`` steps with the same batch (training it costs minutes), else trained here."""
+    """``(teacher, wall_s, token_stats)``: the cached ``teacher_tiny`` in ``out`` when it was
+    trained for ``cfg.steps`` steps with the same batch and carries token statistics (training
+    it costs minutes), else trained here."""
     import torch
 
+    from evit_training.distill.token_statistics import from_checkpoint
     from evit_training.engine.trainer import Trainer
     from evit_training.models import create_detector
     from evit_training.models.checkpoint import load_checkpoint, load_model
@@ -268,14 +288,15 @@ def detection_teacher(out: Path, train, cfg, retrain: bool = False) -> tuple:
     if path.is_file() and not retrain:
         meta = load_checkpoint(path)
         trained = (meta.get("train_config") or {})
-        if meta.get("step") == cfg.steps and trained.get("batch_size") == cfg.batch_size:
+        stats = from_checkpoint(meta)
+        if meta.get("step") == cfg.steps and trained.get("batch_size") == cfg.batch_size and stats is not None:
             wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
             print(f"[detect] reusing the teacher in {path} ({cfg.steps} steps)", flush=True)
-            return load_model(path), wall
+            return load_model(path), wall, stats
     torch.manual_seed(0)
     teacher, wall = timed(Trainer(create_detector("teacher_tiny"), train, cfg, out).fit)
     wall_file.write_text(json.dumps({"wall_s": wall}))
-    return teacher, wall
+    return teacher, wall, from_checkpoint(load_checkpoint(path))
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -406,6 +427,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--det-batch", type=int, default=8)
     parser.add_argument("--det-teacher", default="", help="trained teacher_tiny checkpoint (else trained here)")
     parser.add_argument("--det-teacher-steps", type=int, default=200)
+    parser.add_argument("--det-teacher-batch", type=int, default=8)
     parser.add_argument("--det-images", type=int, default=300)
     parser.add_argument("--det-subset", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)

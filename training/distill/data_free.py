@@ -62,6 +62,7 @@ TASKS = ("classification", "detection")
 AUGMENT_MODES = ("roll", "crop")
 DETECTION_PRIORS = ("topk", "peaks")
 STATS_SOURCES = ("auto", "teacher", "noise")
+STUDENT_INITS = ("random", "weight_selection")
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -789,12 +790,15 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
 
     Keys: ``task`` ("classification"|"detection"), ``teacher`` (checkpoint path; a teacher
     must be trained - a named config would be random), ``student`` (named config or
-    checkpoint to start from), ``out_dir``, ``data_free`` (:class:`DataFreeConfig` fields),
+    checkpoint to start from), ``student_init`` ("random", or "weight_selection": a named
+    student starts from a consistent subset of the teacher's weights, see
+    :mod:`evit_training.models.weight_selection`), ``out_dir``, ``data_free``
+    (:class:`DataFreeConfig` fields),
     optional ``evaluate`` ("digits": accuracy on the digits test split, for the study only).
     ``device``: "cpu", "cuda", "cuda:N" or "auto"/None (CUDA when available).
     Returns ``{"student": path of the saved student, "out_dir", "steps", "elapsed_s", ...}``.
     """
-    allowed = {"task", "teacher", "student", "out_dir", "data_free", "evaluate"}
+    allowed = {"task", "teacher", "student", "student_init", "out_dir", "data_free", "evaluate"}
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in data-free config; allowed: {sorted(allowed)}")
@@ -813,8 +817,17 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
     if isinstance(config["teacher"], str):
         from evit_training.distill.token_statistics import from_checkpoint
         token_stats = from_checkpoint(torch.load(config["teacher"], map_location="cpu", weights_only=False))
-    student = _load_model(config.get("student", "digits_student" if task == "classification" else "student_tiny"),
-                          task, "student")
+    student_spec = config.get("student", "digits_student" if task == "classification" else "student_tiny")
+    student = _load_model(student_spec, task, "student")
+    student_init = config.get("student_init", "random")
+    if student_init not in STUDENT_INITS:
+        raise ValueError(f"student_init must be one of {STUDENT_INITS}, got {student_init!r}")
+    if student_init == "weight_selection":
+        if isinstance(student_spec, str) and Path(student_spec).is_file():
+            raise ValueError("student_init 'weight_selection' initialises a named student config; "
+                             f"{student_spec} is a checkpoint with weights of its own")
+        from evit_training.models.weight_selection import select_weights
+        select_weights(teacher, student)
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     distiller = DataFreeDistiller(teacher, student, cfg, out, task=task, resume=resume,
@@ -823,7 +836,7 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
     distiller.save_grid(out / "samples" / "final.png")
     distiller.close()
     result: Dict[str, Any] = {"out_dir": str(out), "steps": distiller.step, "elapsed_s": round(distiller.elapsed_s, 2),
-                              "feature_stats_source": distiller.stats_source}
+                              "feature_stats_source": distiller.stats_source, "student_init": student_init}
     if task == "classification":
         from evit_training.classification.models import save_classifier
         result["student"] = str(save_classifier(student, out / "student.pt", data_free=asdict(cfg)))
