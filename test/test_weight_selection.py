@@ -29,9 +29,9 @@ def test_smaller_student_takes_consistent_subsets_and_the_strongest_head():
     with torch.no_grad():                                        # make head 1 of block 0 the strong one
         teacher.backbone.blocks[0].attn.qkv.weight.view(3, 2, 16, 32)[:, 1] *= 10.0
     student = create_detector("test_micro", embed_dim=16, depth=1, num_heads=1, head_channels=8)
-    sizes = select_weights(teacher, student)
-    assert sizes["residual:32->16"] == (32, 16)
+    kept = select_weights(teacher, student)
     keep = torch.linspace(0, 31, 16).round().long()
+    assert torch.equal(kept["residual"], keep)
     t_vit, s_vit = teacher.backbone, student.backbone
     assert torch.equal(s_vit.patch_embed.proj.weight, t_vit.patch_embed.proj.weight[keep])
     assert torch.equal(s_vit.pos_embed, t_vit.pos_embed[..., keep])
@@ -82,3 +82,29 @@ def test_data_free_config_starts_the_student_from_the_teacher(tmp_path):
         run_from_config({**cfg, "student_init": "teacher"}, out_dir=tmp_path / "bad", device="cpu")
     with pytest.raises(ValueError, match="named student"):
         run_from_config({**cfg, "student": str(teacher)}, out_dir=tmp_path / "bad2", device="cpu")
+
+
+def test_inherited_token_loss_is_zero_for_an_exact_copy_and_trains_a_selected_student(tmp_path):
+    from evit_training.distill.data_free import DataFreeConfig, DataFreeDistiller, inherited_token_loss
+    from evit_training.distill.token_statistics import capture_norm_inputs
+
+    torch.set_num_threads(1)
+    teacher = create_detector("test_micro").eval()
+    copy = create_detector("test_micro").eval()
+    channels = select_weights(teacher, copy)["residual"]
+    x = torch.rand(2, 3, 64, 64)
+    with capture_norm_inputs(teacher) as t_in, capture_norm_inputs(copy) as s_in, torch.no_grad():
+        teacher(x)
+        copy(x)
+        assert float(inherited_token_loss(s_in, t_in, channels)) < 1e-10
+    student = create_detector("test_micro", embed_dim=16, depth=1, num_heads=1, head_channels=8)
+    kept = select_weights(teacher, student)
+    cfg = DataFreeConfig(steps=2, batch_size=2, generator_patch_size=16, generator_latent_dim=8,
+                         generator_embed_dim=16, generator_depth=1, generator_heads=2, memory_bank_size=4,
+                         stats_batches=1, warmup_generator_steps=0, w_inherited_tokens=1.0)
+    with pytest.raises(ValueError, match="inherited_channels"):
+        DataFreeDistiller(teacher, student, cfg, tmp_path / "no", task="detection", show_progress=False)
+    distiller = DataFreeDistiller(teacher, student, cfg, tmp_path / "yes", task="detection", show_progress=False,
+                                  inherited_channels=kept["residual"])
+    distiller.fit()
+    assert distiller.history[-1]["s_inherited"] > 0

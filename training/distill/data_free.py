@@ -115,6 +115,9 @@ class DataFreeConfig:
     heatmap_focal_gamma: float = 0.0    # detection: weight heatmap KD cells by |p_student - p_teacher|^gamma
     w_box: float = 1.0                  # detection: size/offset imitation
     w_feature: float = 1.0              # patch-relation matching
+    # A student started by weight selection (inherited_channels given): its block inputs match
+    # the teacher's on the residual channels it kept, block by block (0 switches it off).
+    w_inherited_tokens: float = 0.0
     # synthetic data handling
     memory_bank_size: int = 2048
     memory_fraction: float = 0.5        # share of each student batch drawn from the bank
@@ -265,6 +268,17 @@ def patch_relation_loss(student_tokens: torch.Tensor, teacher_tokens: torch.Tens
     return F.mse_loss(s @ s.transpose(1, 2), t @ t.transpose(1, 2))
 
 
+def inherited_token_loss(student_inputs: List[torch.Tensor], teacher_inputs: List[torch.Tensor],
+                         channels: torch.Tensor) -> torch.Tensor:
+    """Block-by-block MSE between a weight-selected student's block inputs and the teacher's
+    on the residual ``channels`` the student kept, each scaled by the teacher's variance there."""
+    losses = []
+    for s, t in zip(student_inputs, teacher_inputs):
+        target = t.index_select(-1, channels.to(t.device)).float()
+        losses.append(F.mse_loss(s.float(), target) / target.var().clamp(min=1e-6))
+    return torch.stack(losses).mean()
+
+
 def _pool_tokens_to(tokens: torch.Tensor, count: int) -> torch.Tensor:
     b, n, d = tokens.shape
     side, target = int(math.isqrt(n)), int(math.isqrt(count))
@@ -397,6 +411,8 @@ class DataFreeDistiller:
         token_stats: the teacher's stored token statistics (``token_statistics.from_checkpoint``),
             the targets of the ``feature_stats`` prior unless ``cfg.feature_stats_source`` is
             "noise"; without them the targets are recorded on smooth noise.
+        inherited_channels: the teacher's residual channels a weight-selected student kept
+            (``select_weights(...)["residual"]``), for the ``w_inherited_tokens`` loss.
         stats_images: optional few real images ``(N, C, H, W)`` in [0, 1]; when given, the
             targets are recorded from the teacher on them instead (the "tiny real subset"
             variant; the student still never trains on them).
@@ -409,6 +425,7 @@ class DataFreeDistiller:
                  resume: bool = True, show_progress: bool = True,
                  stats_images: Optional[torch.Tensor] = None,
                  token_stats: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
+                 inherited_channels: Optional[torch.Tensor] = None,
                  device: Optional[Union[str, torch.device]] = None) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -430,7 +447,10 @@ class DataFreeDistiller:
         torch.manual_seed(self.cfg.seed)
         self.rng = torch.Generator().manual_seed(self.cfg.seed)
         self.teacher_view = _TeacherStudentView(teacher, task, record_norm_inputs=True)
-        self.student_view = _TeacherStudentView(student, task, record_norm_inputs=False)
+        self.inherited_channels = inherited_channels
+        if self.cfg.w_inherited_tokens and inherited_channels is None:
+            raise ValueError("w_inherited_tokens needs inherited_channels: a student started by weight selection")
+        self.student_view = _TeacherStudentView(student, task, record_norm_inputs=inherited_channels is not None)
         self.num_classes = self._probe_num_classes()
         conditional = self.cfg.conditional and task == "classification"
         self.generator = TransformerGenerator(
@@ -620,11 +640,15 @@ class DataFreeDistiller:
             self.bank.push(fresh)
             batch = self._augment(batch)
             t_out, t_tokens = self.teacher_view(batch)
+            teacher_norm_inputs = self.teacher_view.norm_inputs
         self.student.train()
         s_out, s_tokens = self.student_view(batch)
         terms = self._student_loss(s_out, t_out)
         if cfg.w_feature:
             terms["feature"] = cfg.w_feature * patch_relation_loss(s_tokens, t_tokens)
+        if cfg.w_inherited_tokens:
+            terms["inherited"] = cfg.w_inherited_tokens * inherited_token_loss(
+                self.student_view.norm_inputs, teacher_norm_inputs, self.inherited_channels)
         loss = torch.stack(list(terms.values())).sum()
         self.opt_s.zero_grad(set_to_none=True)
         loss.backward()
@@ -820,6 +844,7 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
     student_spec = config.get("student", "digits_student" if task == "classification" else "student_tiny")
     student = _load_model(student_spec, task, "student")
     student_init = config.get("student_init", "random")
+    inherited = None
     if student_init not in STUDENT_INITS:
         raise ValueError(f"student_init must be one of {STUDENT_INITS}, got {student_init!r}")
     if student_init == "weight_selection":
@@ -827,11 +852,12 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
             raise ValueError("student_init 'weight_selection' initialises a named student config; "
                              f"{student_spec} is a checkpoint with weights of its own")
         from evit_training.models.weight_selection import select_weights
-        select_weights(teacher, student)
+        inherited = select_weights(teacher, student)["residual"]
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     distiller = DataFreeDistiller(teacher, student, cfg, out, task=task, resume=resume,
-                                  show_progress=show_progress, token_stats=token_stats, device=device)
+                                  show_progress=show_progress, token_stats=token_stats,
+                                  inherited_channels=inherited, device=device)
     distiller.fit()
     distiller.save_grid(out / "samples" / "final.png")
     distiller.close()

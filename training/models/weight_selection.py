@@ -36,15 +36,16 @@ def _heads_by_norm(attn: nn.Module, keep: int) -> List[int]:
     return sorted(score.topk(keep).indices.tolist())
 
 
-def select_weights(teacher: nn.Module, student: nn.Module) -> Dict[str, Tuple[int, ...]]:
+def select_weights(teacher: nn.Module, student: nn.Module) -> Dict[str, torch.Tensor]:
     """Overwrite ``student``'s weights with a consistent selection of ``teacher``'s.
 
     Both have a timm ViT ``.backbone`` (detectors: :class:`~evit_training.models.ViTDetector`;
     the digits classifiers) with the same patch size, input size, classes and attention head
     width, and the same kind of task head; the student may have
     fewer blocks, a narrower residual stream, fewer heads, a narrower MLP and head.
-    Returns the index-set sizes used per role, for the record. Raises ``ValueError`` naming
-    the first shape that cannot be selected.
+    Returns the teacher indices kept per role: ``"residual"`` (the residual-stream channels,
+    which also say where the student's tokens sit in the teacher's), ``"mlp<i>"``, ``"head"``.
+    Raises ``ValueError`` naming the first shape that cannot be selected.
     """
     t_vit, s_vit = teacher.backbone, student.backbone
     t_blocks, s_blocks = list(t_vit.blocks), list(s_vit.blocks)
@@ -120,4 +121,4 @@ def select_weights(teacher: nn.Module, student: nn.Module) -> Dict[str, Tuple[in
                     per_dim.append(shared("head", t, s))
         take(key, key, per_dim)
     student.load_state_dict(selected)
-    return {f"{role}:{total}->{keep}": (total, keep) for role, total, keep in index_sets}
+    return {role: index for (role, _, _), index in index_sets.items()}
