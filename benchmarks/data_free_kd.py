@@ -400,7 +400,8 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
              if any(r["task"] == t for r in rows)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     colours = {"teacher": "#555555", "kd_real": "#1f77b4", "data_free": "#d62728", "scratch": "#2ca02c",
-               "scratch_subset": "#98df8a"}
+               "scratch_subset": "#98df8a", "kd_real_random_init": "#aec7e8", "data_free_random_init": "#ff9896",
+               "finetune_subset": "#c5b0d5"}
     for ax, (task, metric, label) in zip(axes[0], tasks):
         sel = [r for r in rows if r["task"] == task]
         values = [r[metric] or 0.0 for r in sel]
@@ -411,10 +412,10 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
         kd = next((r[metric] for r in sel if r["arm"] == "kd_real"), None)
         if kd:
             ax.axhline(0.9 * kd, color="#1f77b4", linestyle="--", linewidth=1, label="90% of real-data KD")
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="upper right", fontsize=8)
         ax.set_title(f"{task}: {label}\n(students at equal steps; label: value, wall-clock)", fontsize=9)
         ax.set_ylim(0, max(values + [1e-3]) * 1.25)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=8, labelrotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
