@@ -24,3 +24,15 @@ def ros_env() -> dict:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one CPU thread for the test (small models run faster so, and tests running
+    side by side do not oversubscribe the cores); the previous count is restored."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

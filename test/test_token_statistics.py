@@ -16,12 +16,7 @@ from evit_training.models import create_detector  # noqa: E402
 from evit_training.models.checkpoint import load_checkpoint  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ pytest.importorskip("timm")
 from evit_training.models import create_detector  # noqa: E402
 from evit_training.models.weight_selection import select_weights  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -75,7 +77,6 @@ def test_data_free_config_starts_the_student_from_the_teacher(tmp_path):
                  warmup_generator_steps=0)
     cfg = {"task": "detection", "teacher": str(teacher), "student": "test_micro", "student_init": "weight_selection",
            "data_free": small}
-    torch.set_num_threads(1)
     result = run_from_config(cfg, out_dir=tmp_path / "run", show_progress=False, device="cpu")
     assert result["student_init"] == "weight_selection"
     with pytest.raises(ValueError, match="student_init must be one of"):
@@ -88,7 +89,6 @@ def test_inherited_token_loss_is_zero_for_an_exact_copy_and_trains_a_selected_st
     from evit_training.distill.data_free import DataFreeConfig, DataFreeDistiller, inherited_token_loss
     from evit_training.distill.token_statistics import capture_norm_inputs
 
-    torch.set_num_threads(1)
     teacher = create_detector("test_micro").eval()
     copy = create_detector("test_micro").eval()
     channels = select_weights(teacher, copy)["residual"]
