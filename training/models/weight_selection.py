@@ -1,4 +1,4 @@
-"""Weight selection: initialise a smaller ViT detector from a larger one, without data.
+"""Weight selection: initialise a smaller ViT from a larger one, without data.
 
 After "Initializing Models with Larger Ones" (Xu et al., ICLR 2024): the student takes the
 teacher's first ``depth`` blocks, and from every teacher tensor the elements at a subset of
@@ -62,13 +62,13 @@ def select_weights(teacher: nn.Module, student: nn.Module) -> Dict[str, torch.Te
     residual = shared("residual", t_vit.embed_dim, s_vit.embed_dim)
     selected: Dict[str, torch.Tensor] = {}
 
-    def take(key: str, teacher_key: str, per_dim: List[torch.Tensor]) -> None:
-        value = t_state[teacher_key]
+    def take(key: str, per_dim: List[torch.Tensor]) -> None:
+        value = t_state[key]
         for dim, index in enumerate(per_dim):
             if index is not None:
                 value = value.index_select(dim, index)
         if value.shape != s_state[key].shape:
-            raise ValueError(f"{key}: selected {tuple(value.shape)} from the teacher's {tuple(t_state[teacher_key].shape)}, "
+            raise ValueError(f"{key}: selected {tuple(value.shape)} from the teacher's {tuple(t_state[key].shape)}, "
                              f"student needs {tuple(s_state[key].shape)}")
         selected[key] = value
 
@@ -93,8 +93,8 @@ def select_weights(teacher: nn.Module, student: nn.Module) -> Dict[str, torch.Te
         }
         for name, per_dim in plan.items():
             if prefix + name in s_state:
-                take(prefix + name, prefix + name, per_dim)
-        for name in s_state:   # anything else in a block (layer scale, q/k norms) follows the residual
+                take(prefix + name, per_dim)
+        for name in s_state:   # a block part the plan does not know (layer scale, q/k norm): refuse, not guess
             if name.startswith(prefix) and name not in selected:
                 raise ValueError(f"{name}: weight selection does not know this block parameter")
 
@@ -119,6 +119,6 @@ def select_weights(teacher: nn.Module, student: nn.Module) -> Dict[str, torch.Te
                     per_dim.append(residual)
                 else:
                     per_dim.append(shared("head", t, s))
-        take(key, key, per_dim)
+        take(key, per_dim)
     student.load_state_dict(selected)
     return {role: index for (role, _, _), index in index_sets.items()}
