@@ -233,13 +233,13 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
     teacher.eval()
     row("teacher", teacher, t_wall, t_steps)
 
-    def student(init: str):
+    def student(init: str) -> tuple:
+        """``(model, inherited residual channels or None)`` for a student started ``init``."""
         torch.manual_seed(1)
         model = create_detector("student_tiny")
-        model.inherited_channels = None
         if init == "weight_selection":        # a consistent subset of the teacher's weights, no data
-            model.inherited_channels = select_weights(teacher, model)["residual"]
-        return model
+            return model, select_weights(teacher, model)["residual"]
+        return model, None
 
     kd = KDConfig(gt_weight=1.0, logit_weight=1.0, box_weight=1.0, cache_teacher="auto")
     df_yaml = yaml.safe_load((REPO / "training" / "configs" / "data_free_detection.yaml").read_text())
@@ -249,17 +249,17 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
     # Students that start from the teacher's weights (the data-free recipe's init) get the same
     # start in the real-data KD arm; the "_random_init" rows show what that start is worth.
     for init, suffix in (("weight_selection", ""), ("random", "_random_init")):
-        trainer = Trainer(student(init), train, train_cfg(args.det_steps, 1), work / "detection" / f"kd_real{suffix}",
+        trainer = Trainer(student(init)[0], train, train_cfg(args.det_steps, 1), work / "detection" / f"kd_real{suffix}",
                           teacher=teacher, kd=kd)
         s, wall = timed(trainer.fit)
         row(f"kd_real{suffix}", s, wall, args.det_steps, student_init=init)
 
-        s = student(init)
+        s, inherited = student(init)
         # The inherited-token loss needs a weight-selected student; a random one goes without.
-        cfg = df_cfg if s.inherited_channels is not None else dataclasses.replace(df_cfg, w_inherited_tokens=0.0)
+        cfg = df_cfg if inherited is not None else dataclasses.replace(df_cfg, w_inherited_tokens=0.0)
         distiller = DataFreeDistiller(teacher, s, cfg, work / "detection" / f"data_free{suffix}",
                                       task="detection", resume=False, token_stats=token_stats,
-                                      inherited_channels=s.inherited_channels)
+                                      inherited_channels=inherited)
         _, wall = timed(distiller.fit)
         if not suffix:
             shrink_png(distiller.save_grid(HERE / "data_free_kd_detection_samples.png"), width=640)
@@ -267,15 +267,15 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
         row(f"data_free{suffix}", s, wall, args.det_steps, real_images_used=0, student_init=init,
             feature_stats_source=distiller.stats_source)
 
-    trainer = Trainer(student("random"), train, train_cfg(args.det_steps, 1), work / "detection" / "scratch")
+    trainer = Trainer(student("random")[0], train, train_cfg(args.det_steps, 1), work / "detection" / "scratch")
     s, wall = timed(trainer.fit)
     row("scratch", s, wall, args.det_steps, student_init="random")
-    trainer = Trainer(student("random"), sub, train_cfg(args.det_steps, 1), work / "detection" / "scratch_subset")
+    trainer = Trainer(student("random")[0], sub, train_cfg(args.det_steps, 1), work / "detection" / "scratch_subset")
     s, wall = timed(trainer.fit)
     row("scratch_subset", s, wall, args.det_steps, real_images_used=len(sub), student_init="random")
     # The strict competitor of a data-free student: the same teacher-derived start, fine-tuned on
     # the labels of the tiny subset instead of distilled on synthetic images.
-    trainer = Trainer(student("weight_selection"), sub, train_cfg(args.det_steps, 1),
+    trainer = Trainer(student("weight_selection")[0], sub, train_cfg(args.det_steps, 1),
                       work / "detection" / "finetune_subset")
     s, wall = timed(trainer.fit)
     row("finetune_subset", s, wall, args.det_steps, real_images_used=len(sub), student_init="weight_selection")
