@@ -123,7 +123,8 @@ def test_student_loss_falls_on_fixed_seed(tmp_path):
     assert last < first, (first, last)
 
 
-@pytest.mark.parametrize("options", [{}, {"augment_mode": "crop"}])
+@pytest.mark.parametrize("options", [{}, {"augment_mode": "crop"},
+                                     {"procedural_fraction": 0.25, "colour_jitter": 0.5}])
 def test_resume_reaches_the_same_state(tmp_path, options):
     def run(out: Path, stops):
         teacher, student = _pair(seed=2)
@@ -178,6 +179,29 @@ def test_detection_peaks_prior_and_focal_student_loss(tmp_path):
         assert torch.isfinite(torch.tensor(distiller.history[-1][key])), key
     with pytest.raises(ValueError, match="detection_prior"):
         DataFreeConfig.from_dict({"detection_prior": "blobs"})
+
+
+def test_procedural_images_and_colour_jitter_reach_the_student(tmp_path):
+    models = pytest.importorskip("evit_training.models")
+    torch.manual_seed(0)
+    teacher = models.create_detector("test_micro")
+    student = models.create_detector("test_micro", embed_dim=16)
+    cfg = _tiny_cfg(steps=2, batch_size=4, grid_every=4, memory_bank_size=8, generator_patch_size=16,
+                    procedural_fraction=0.5, colour_jitter=0.5)
+    distiller = DataFreeDistiller(teacher, student, cfg, tmp_path, task="detection", show_progress=False)
+    seen = []
+    hook = student.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    distiller.fit()
+    hook.remove()
+    assert torch.isfinite(torch.tensor(distiller.history[-1]["s_kl"]))
+    # The student's batches (not the generator's adversarial probes, which are only 4 fresh
+    # images too) hold dead-leaves images: piecewise-flat colour plus texture noise, far more
+    # saturated than the generator's first outputs.
+    saturation = [float((batch.amax(1) - batch.amin(1)).mean()) for batch in seen]
+    assert max(saturation) > 0.2, saturation
+    for name, value in (("procedural_fraction", 1.5), ("colour_jitter", -0.1)):
+        with pytest.raises(ValueError, match=name):
+            DataFreeConfig.from_dict({name: value})
 
 
 def test_heatmap_peak_priors_reward_a_few_confident_peaks():

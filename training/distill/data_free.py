@@ -56,6 +56,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from evit_training.distill.generator import TransformerGenerator
+from evit_training.distill.image_priors import colour_jitter, dead_leaves
 from evit_training.distill.token_statistics import check_fits, record_token_statistics, token_statistics
 
 TASKS = ("classification", "detection")
@@ -126,6 +127,10 @@ class DataFreeConfig:
     augment_mode: str = "roll"          # "roll": one wrap-around shift per batch; "crop": per-image zoom + shift
     crop_scale: float = 0.8             # "crop": smallest side of the crop, as a share of the image side
     cutmix_prob: float = 0.5
+    # generic image priors (image_priors.py): a share of every student batch drawn as
+    # procedural dead-leaves images, and per-image colour jitter of the synthetic ones
+    procedural_fraction: float = 0.0
+    colour_jitter: float = 0.0
     # statistics prior targets: "teacher" = the token statistics stored in the teacher's
     # checkpoint (recorded on its training data, see token_statistics.py); "noise" = recorded
     # here on smooth noise images; "auto" = the teacher's when its checkpoint has them
@@ -155,7 +160,7 @@ class DataFreeConfig:
         for name in ("generator_steps", "warmup_generator_steps", "memory_bank_size", "max_shift"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("memory_fraction", "cutmix_prob"):
+        for name in ("memory_fraction", "cutmix_prob", "procedural_fraction", "colour_jitter"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -638,6 +643,11 @@ class DataFreeDistiller:
             if from_bank:
                 batch = torch.cat([batch, self.bank.sample(from_bank, self.rng).to(fresh.device)])
             self.bank.push(fresh)
+            batch = colour_jitter(batch, cfg.colour_jitter, self.rng) if batch.shape[1] == 3 else batch
+            procedural = int(round(cfg.batch_size * cfg.procedural_fraction))
+            if procedural:
+                leaves = dead_leaves(procedural, self.image_size, self.rng, channels=self.in_chans)
+                batch = torch.cat([batch[:cfg.batch_size - procedural], leaves.to(batch.device)])
             batch = self._augment(batch)
             t_out, t_tokens = self.teacher_view(batch)
             teacher_norm_inputs = self.teacher_view.norm_inputs

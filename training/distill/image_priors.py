@@ -1,0 +1,105 @@
+"""Task-agnostic image priors for data-free KD: procedural images and colour jitter.
+
+A generator trained against one teacher drifts towards a narrow family of images (on the
+detection teacher: grey-green blobs with dark spots), and a student that only ever sees
+that family learns little about colour, sharp edges or small parts. Two generic remedies,
+neither of which looks at any real data:
+
+* :func:`dead_leaves`: occluding discs and rectangles of random colour whose sizes follow a
+  power law, the "dead leaves" model of natural-image statistics (Lee, Mumford & Huang,
+  2001), which Baradad et al. ("Learning to See by Looking at Noise", NeurIPS 2021) found
+  among the best procedural images to learn visual features from. The teacher labels them
+  like any synthetic image.
+* :func:`colour_jitter`: per-image brightness, contrast, saturation and hue rotation, so the
+  student sees the generator's layouts in colours the generator never settled on.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def dead_leaves(count: int, size: int, generator: torch.Generator, shapes: int = 96,
+                min_radius: float = 1.5, max_radius: float = 48.0, alpha: float = 3.0,
+                texture: float = 0.06, channels: int = 3) -> torch.Tensor:
+    """``count`` dead-leaves images ``(count, channels, size, size)`` in [0, 1].
+
+    Each image is painted back to front with ``shapes`` discs or axis-aligned rectangles
+    (half each) of uniform random colour; radii follow ``p(r) ~ r^-alpha`` on
+    ``[min_radius, max_radius]`` pixels, the scale-invariant law of the model, so a few
+    shapes cover the background and many small ones sit on top. ``texture`` adds per-pixel
+    noise of that amplitude (real surfaces are not flat colour).
+    """
+    if count < 0 or size < 1 or shapes < 1:
+        raise ValueError(f"dead_leaves needs count >= 0, size >= 1, shapes >= 1; got {count}, {size}, {shapes}")
+    if not 0 < min_radius <= max_radius:
+        raise ValueError(f"need 0 < min_radius <= max_radius, got {min_radius}, {max_radius}")
+    # Inverse-CDF sampling of the truncated power law.
+    u = torch.rand(count, shapes, generator=generator)
+    if math.isclose(alpha, 1.0):
+        radius = min_radius * (max_radius / min_radius) ** u
+    else:
+        lo, hi = min_radius ** (1 - alpha), max_radius ** (1 - alpha)
+        radius = (lo + u * (hi - lo)) ** (1 / (1 - alpha))
+    # Paint the largest first so small shapes are not hidden under big ones (the painter's
+    # order of the model is random, but big-last would leave most images one colour).
+    radius = radius.sort(dim=1, descending=True).values
+    centre = torch.rand(count, shapes, 2, generator=generator) * size
+    aspect = torch.exp((torch.rand(count, shapes, generator=generator) - 0.5) * 1.4)   # 0.5 .. 2
+    is_disc = torch.rand(count, shapes, generator=generator) < 0.5
+    colour = torch.rand(count, shapes, channels, generator=generator)
+    images = torch.rand(count, channels, 1, 1, generator=generator).expand(count, channels, size, size).clone()
+    coords = torch.arange(size, dtype=torch.float32) + 0.5
+    yy, xx = coords.view(1, size, 1), coords.view(1, 1, size)
+    for k in range(shapes):
+        cx, cy = centre[:, k, 0].view(-1, 1, 1), centre[:, k, 1].view(-1, 1, 1)
+        rx = (radius[:, k] * aspect[:, k].sqrt()).view(-1, 1, 1)
+        ry = (radius[:, k] / aspect[:, k].sqrt()).view(-1, 1, 1)
+        dx, dy = (xx - cx) / rx, (yy - cy) / ry
+        inside = torch.where(is_disc[:, k].view(-1, 1, 1), dx * dx + dy * dy <= 1.0,
+                             (dx.abs() <= 1.0) & (dy.abs() <= 1.0))
+        images = torch.where(inside.unsqueeze(1), colour[:, k].view(-1, channels, 1, 1), images)
+    if texture > 0:
+        images = images + texture * torch.randn(images.shape, generator=generator)
+    return images.clamp(0.0, 1.0)
+
+
+def colour_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random brightness, contrast, saturation and hue of RGB ``images`` in [0, 1].
+
+    ``strength`` in [0, 1] scales every range: at 1, brightness and contrast vary by up to
+    x0.6..x1.4, saturation by x0.3..x2.0 and the hue rotates by up to +-180 degrees (a
+    rotation of the colour cube about its grey axis, which keeps luminance). 0 returns the
+    input unchanged.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"colour jitter strength must be in [0, 1], got {strength}")
+    if strength == 0.0:
+        return images
+    if images.shape[1] != 3:
+        raise ValueError(f"colour jitter needs RGB images (B, 3, H, W), got {tuple(images.shape)}")
+    b = images.shape[0]
+    device, dtype = images.device, images.dtype
+
+    def uniform(span: float) -> torch.Tensor:   # factors in [1 - span, 1 + span]
+        return 1.0 + span * strength * (2 * torch.rand(b, 1, 1, 1, generator=generator) - 1)
+
+    brightness, contrast = uniform(0.4), uniform(0.4)
+    saturation = torch.exp(strength * math.log(2.0) * (2 * torch.rand(b, 1, 1, 1, generator=generator) - 1)
+                           ).clamp(min=0.3)
+    angle = strength * math.pi * (2 * torch.rand(b, generator=generator) - 1)
+    # Rodrigues rotation about the unit grey axis (1, 1, 1) / sqrt(3).
+    axis = torch.full((3,), 1.0 / math.sqrt(3.0))
+    cross = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    outer = torch.outer(axis, axis)
+    cos, sin = angle.cos().view(-1, 1, 1), angle.sin().view(-1, 1, 1)
+    rotation = cos * torch.eye(3) + sin * cross + (1 - cos) * outer                 # (B, 3, 3)
+
+    out = torch.einsum("bij,bjhw->bihw", rotation.to(device, dtype), images)
+    grey = out.mean(1, keepdim=True)
+    out = grey + saturation.to(device, dtype) * (out - grey)
+    mean = out.mean((1, 2, 3), keepdim=True)
+    out = mean + contrast.to(device, dtype) * (out - mean)
+    return (out * brightness.to(device, dtype)).clamp(0.0, 1.0)
+
