@@ -76,6 +76,28 @@ def test_generator_rejects_bad_input():
         gen(gen.sample_latent(2))
 
 
+def test_canvas_generator_edits_its_canvas():
+    from evit_training.distill.image_priors import dead_leaves
+
+    gen = TransformerGenerator(image_size=32, out_chans=3, patch_size=8, latent_dim=8, embed_dim=16, depth=1,
+                               num_heads=2, decoder="conv", canvas=True, canvas_residual=0.25)
+    canvas = dead_leaves(4, 32, torch.Generator().manual_seed(0), shapes=12, texture=0.0)
+    latent = gen.sample_latent(4, torch.Generator().manual_seed(1))
+    images = gen(latent, canvas=canvas)
+    assert images.shape == canvas.shape and images.min() >= 0.0 and images.max() <= 1.0
+    # A light edit: the output follows the canvas (its colours and edges) but is not a copy.
+    assert 0.0 < float((images - canvas).abs().mean().detach()) < 0.15
+    other = gen(latent, canvas=canvas.flip(0))
+    assert not torch.allclose(images, other)              # the canvas, not only the latent, decides
+    images.mean().backward()                              # gradients reach the canvas embedding
+    assert gen.canvas_embed.weight.grad is not None and gen.canvas_embed.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="edits a canvas"):
+        gen(latent)
+    with pytest.raises(ValueError, match="without canvas"):
+        TransformerGenerator(image_size=32, patch_size=8, latent_dim=8, embed_dim=16, depth=1,
+                             num_heads=2)(latent, canvas=canvas)
+
+
 def test_patch_similarity_entropy_prefers_diverse_tokens():
     gen = torch.Generator().manual_seed(0)
     diverse = torch.randn(4, 16, 32, generator=gen)
@@ -124,7 +146,8 @@ def test_student_loss_falls_on_fixed_seed(tmp_path):
 
 
 @pytest.mark.parametrize("options", [{}, {"augment_mode": "crop"},
-                                     {"procedural_fraction": 0.25, "colour_jitter": 0.5}])
+                                     {"procedural_fraction": 0.25, "colour_jitter": 0.5},
+                                     {"generator_canvas": "dead_leaves", "canvas_residual": 0.5}])
 def test_resume_reaches_the_same_state(tmp_path, options):
     def run(out: Path, stops):
         teacher, student = _pair(seed=2)
@@ -199,7 +222,7 @@ def test_procedural_images_and_colour_jitter_reach_the_student(tmp_path):
     # saturated than the generator's first outputs.
     saturation = [float((batch.amax(1) - batch.amin(1)).mean()) for batch in seen]
     assert max(saturation) > 0.2, saturation
-    for name, value in (("procedural_fraction", 1.5), ("colour_jitter", -0.1)):
+    for name, value in (("procedural_fraction", 1.5), ("colour_jitter", -0.1), ("generator_canvas", "photos")):
         with pytest.raises(ValueError, match=name):
             DataFreeConfig.from_dict({name: value})
 

@@ -64,6 +64,7 @@ AUGMENT_MODES = ("roll", "crop")
 DETECTION_PRIORS = ("topk", "peaks")
 STATS_SOURCES = ("auto", "teacher", "noise")
 STUDENT_INITS = ("random", "weight_selection")
+CANVASES = ("none", "dead_leaves")
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -96,6 +97,10 @@ class DataFreeConfig:
     generator_embed_dim: int = 96
     generator_depth: int = 2
     generator_heads: int = 4
+    # "dead_leaves": the generator edits procedural dead-leaves canvases (image_priors.py)
+    # instead of drawing from noise alone; canvas_residual scales its edit
+    generator_canvas: str = "none"
+    canvas_residual: float = 1.0
     conditional: bool = False           # class-conditional generator (classification only)
     # generator loss weights
     w_adversarial: float = 0.5
@@ -175,6 +180,8 @@ class DataFreeConfig:
             raise ValueError(f"target_objects must be >= 1, got {self.target_objects}")
         if self.feature_stats_source not in STATS_SOURCES:
             raise ValueError(f"feature_stats_source must be one of {STATS_SOURCES}, got {self.feature_stats_source!r}")
+        if self.generator_canvas not in CANVASES:
+            raise ValueError(f"generator_canvas must be one of {CANVASES}, got {self.generator_canvas!r}")
         if self.heatmap_focal_gamma < 0:
             raise ValueError(f"heatmap_focal_gamma must be >= 0, got {self.heatmap_focal_gamma}")
 
@@ -464,7 +471,8 @@ class DataFreeDistiller:
             depth=self.cfg.generator_depth, num_heads=self.cfg.generator_heads,
             num_classes=self.num_classes if conditional else 0, upsample=self.cfg.generator_upsample,
             output_gain=self.cfg.generator_output_gain, decoder=self.cfg.generator_decoder,
-            output_affine=self.cfg.generator_output_affine).to(self.device)
+            output_affine=self.cfg.generator_output_affine, canvas=self.cfg.generator_canvas != "none",
+            canvas_residual=self.cfg.canvas_residual).to(self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_generator, betas=(0.5, 0.999))
         self.opt_s = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr_student,
                                        weight_decay=self.cfg.weight_decay)
@@ -479,6 +487,7 @@ class DataFreeDistiller:
         grid_rng = torch.Generator().manual_seed(self.cfg.seed + 1)
         self._grid_latent = self.generator.sample_latent(64, grid_rng)
         self._grid_labels = (torch.arange(64) % self.num_classes).to(self.device)
+        self._grid_canvas = self._sample_canvas(64, grid_rng)
 
     # ---------------------------------------------------------------- setup helpers
     @torch.no_grad()
@@ -523,6 +532,16 @@ class DataFreeDistiller:
         return [(m.detach().float().to(self.device), s.detach().float().to(self.device)) for m, s in stats]
 
     # ---------------------------------------------------------------- sampling
+    def _sample_canvas(self, count: int, generator: torch.Generator) -> Optional[torch.Tensor]:
+        if self.cfg.generator_canvas == "none":
+            return None
+        return dead_leaves(count, self.image_size, generator, channels=self.in_chans).to(self.device)
+
+    def _generate(self, count: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(images, labels)``: ``count`` fresh images from the generator (labels only when conditional)."""
+        latent, labels = self._sample_latent(count)
+        return self.generator(latent, labels, self._sample_canvas(count, self.rng)), labels
+
     def _sample_latent(self, count: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         latent = self.generator.sample_latent(count, self.rng)
         labels = torch.randint(0, self.num_classes, (count,), generator=self.rng).to(self.device) \
@@ -596,8 +615,7 @@ class DataFreeDistiller:
         """One generator update; ``adversarial=False`` uses the teacher priors only (warm-up)."""
         cfg = self.cfg
         self.generator.train()
-        latent, labels = self._sample_latent(cfg.batch_size)
-        images = self.generator(latent, labels)
+        images, labels = self._generate(cfg.batch_size)
         t_out, t_tokens = self.teacher_view(images)
         norm_inputs = self.teacher_view.norm_inputs
         terms: Dict[str, torch.Tensor] = {}
@@ -636,8 +654,7 @@ class DataFreeDistiller:
         """One student update on fresh synthetic images mixed with the memory bank."""
         cfg = self.cfg
         with torch.no_grad():
-            latent, labels = self._sample_latent(cfg.batch_size)
-            fresh = self.generator(latent, labels)
+            fresh, _ = self._generate(cfg.batch_size)
             from_bank = int(round(cfg.batch_size * cfg.memory_fraction)) if self.bank.count else 0
             batch = fresh[:cfg.batch_size - from_bank]
             if from_bank:
@@ -713,10 +730,12 @@ class DataFreeDistiller:
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``count`` images from the current generator (eval mode), in [0, 1]."""
         self.generator.eval()
-        latent = self.generator.sample_latent(count, generator or torch.Generator().manual_seed(0))
+        rng = generator or torch.Generator().manual_seed(0)
+        latent = self.generator.sample_latent(count, rng)
         if self.generator.num_classes and labels is None:
             labels = (torch.arange(count) % self.num_classes).to(self.device)
-        images = self.generator(latent, labels if self.generator.num_classes else None)
+        images = self.generator(latent, labels if self.generator.num_classes else None,
+                                self._sample_canvas(count, rng))
         self.generator.train()
         return images
 
@@ -729,7 +748,8 @@ class DataFreeDistiller:
         path.parent.mkdir(parents=True, exist_ok=True)
         was_training = self.generator.training
         self.generator.eval()
-        images = self.generator(self._grid_latent, self._grid_labels if self.generator.num_classes else None)
+        images = self.generator(self._grid_latent, self._grid_labels if self.generator.num_classes else None,
+                                self._grid_canvas)
         self.generator.train(was_training)
         save_image(images, path, nrow=8, padding=1)
         return path

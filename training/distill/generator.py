@@ -7,6 +7,13 @@ the image with ``pixel_shuffle``. A 3x3 convolution smooths patch seams. The out
 through a fixed (non-affine) BatchNorm and a sigmoid: whatever the generator learns, each
 batch keeps a sane contrast and every pixel stays strictly inside (0, 1), the input range of
 every model in this project.
+
+With ``canvas=True`` the generator edits an image instead of drawing from nothing: a canvas
+(for data-free KD, a procedural dead-leaves image, see ``image_priors.py``) is patch-embedded
+into the tokens, and the output is the canvas in logit space plus the generator's normalised
+residual. The canvas brings colour, sharp edges and small parts that a generator trained for
+a few hundred steps never finds; the residual is what the teacher priors and the adversarial
+game shape.
 """
 from __future__ import annotations
 
@@ -42,12 +49,17 @@ class TransformerGenerator(nn.Module):
             half its pixels above 0.5, which real images (dark backgrounds) rarely do.
         output_gain: multiplies the normalised output before the sigmoid; > 1 gives
             high-contrast, nearly two-level images (ink on paper), 1 gives soft grey images.
+        canvas: take a canvas image ``(B, out_chans, image_size, image_size)`` in [0, 1] in
+            ``forward`` and return ``sigmoid(logit(canvas) + canvas_residual * residual)``.
+        canvas_residual: scale of the generator's residual on a canvas (its residual is
+            batch-normalised, so 1 is a strong edit and 0.25 a light one).
     """
 
     def __init__(self, image_size: int = 32, out_chans: int = 3, patch_size: int = 4, latent_dim: int = 32,
                  embed_dim: int = 96, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0,
                  num_classes: int = 0, upsample: int = 1, output_gain: float = 1.0,
-                 decoder: str = "linear", output_affine: bool = False) -> None:
+                 decoder: str = "linear", output_affine: bool = False, canvas: bool = False,
+                 canvas_residual: float = 1.0) -> None:
         super().__init__()
         if upsample < 1 or image_size % upsample:
             raise ValueError(f"upsample must be a positive divisor of image_size {image_size}, got {upsample}")
@@ -70,6 +82,10 @@ class TransformerGenerator(nn.Module):
         self.latent_proj = nn.Linear(latent_dim, embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, embed_dim))
         self.class_embed = nn.Embedding(num_classes, embed_dim) if num_classes > 0 else None
+        # One token per canvas patch: a strided conv over the (image_size / grid) pixels it covers.
+        stride = image_size // self.grid
+        self.canvas_embed = nn.Conv2d(out_chans, embed_dim, kernel_size=stride, stride=stride) if canvas else None
+        self.canvas_residual = float(canvas_residual)
         self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True)
                                       for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim)
@@ -99,10 +115,19 @@ class TransformerGenerator(nn.Module):
         return torch.randn(batch_size, self.num_tokens, self.latent_dim, generator=generator).to(
             device or self.pos_embed.device)
 
-    def forward(self, latent: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                canvas: Optional[torch.Tensor] = None) -> torch.Tensor:
         if latent.ndim != 3 or latent.shape[1:] != (self.num_tokens, self.latent_dim):
             raise ValueError(f"latent must be (B, {self.num_tokens}, {self.latent_dim}), got {tuple(latent.shape)}")
         tokens = self.latent_proj(latent) + self.pos_embed
+        if self.canvas_embed is not None:
+            expected = (latent.shape[0], self.out_chans, self.image_size, self.image_size)
+            if canvas is None or tuple(canvas.shape) != expected:
+                raise ValueError(f"this generator edits a canvas: pass canvas {expected}, got "
+                                 f"{None if canvas is None else tuple(canvas.shape)}")
+            tokens = tokens + self.canvas_embed(canvas).flatten(2).transpose(1, 2)
+        elif canvas is not None:
+            raise ValueError("canvas given to a generator built without canvas=True")
         if self.class_embed is not None:
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass labels (B,)")
@@ -118,4 +143,7 @@ class TransformerGenerator(nn.Module):
         if self.upsample > 1:
             image = F.interpolate(image, scale_factor=self.upsample, mode="bilinear", align_corners=False)
         image = image + self.smooth(image)
-        return torch.sigmoid(self.output_gain * self.output_norm(image))
+        residual = self.output_gain * self.output_norm(image)
+        if self.canvas_embed is not None:
+            return torch.sigmoid(torch.logit(canvas.clamp(0.01, 0.99)) + self.canvas_residual * residual)
+        return torch.sigmoid(residual)
