@@ -146,7 +146,7 @@ def test_student_loss_falls_on_fixed_seed(tmp_path):
 
 
 @pytest.mark.parametrize("options", [{}, {"augment_mode": "crop"},
-                                     {"procedural_fraction": 0.25, "colour_jitter": 0.5},
+                                     {"procedural_fraction": 0.25},
                                      {"generator_canvas": "dead_leaves", "canvas_residual": 0.5}])
 def test_resume_reaches_the_same_state(tmp_path, options):
     def run(out: Path, stops):
@@ -222,6 +222,9 @@ def test_procedural_images_and_colour_jitter_reach_the_student(tmp_path):
     # saturated than the generator's first outputs.
     saturation = [float((batch.amax(1) - batch.amin(1)).mean()) for batch in seen]
     assert max(saturation) > 0.2, saturation
+    teacher, grey_student = _pair()                        # digits: one channel, nothing to jitter
+    with pytest.raises(ValueError, match="RGB"):
+        DataFreeDistiller(teacher, grey_student, _tiny_cfg(colour_jitter=0.5), tmp_path / "grey", show_progress=False)
     for name, value in (("procedural_fraction", 1.5), ("colour_jitter", -0.1), ("generator_canvas", "photos")):
         with pytest.raises(ValueError, match=name):
             DataFreeConfig.from_dict({name: value})

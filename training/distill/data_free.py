@@ -28,7 +28,9 @@ Transfer": rounds alternate
 
 * student step(s): the student imitates the teacher on fresh synthetic images mixed with a
   memory bank of past batches (so it does not forget what earlier generators produced),
-  with optional shifts/flips and CutMix between synthetic images: KL on softened logits
+  optionally colour-jittered and mixed with procedural dead-leaves images (generic priors
+  that look at no data, :mod:`evit_training.distill.image_priors`), with optional
+  shifts/flips and CutMix between synthetic images: KL on softened logits
   (classification) or the project's dense logit KD (heatmap BCE + size/offset L1,
   :mod:`evit_training.distill.logit_kd`) for detectors, plus a patch-relation loss (MSE
   between the teacher's and student's patch cosine-similarity matrices, which needs no
@@ -453,6 +455,8 @@ class DataFreeDistiller:
             p.requires_grad_(False)
         self.student = student.to(self.device)
         self.image_size, self.in_chans = _model_geometry(teacher)
+        if self.cfg.colour_jitter and self.in_chans != 3:
+            raise ValueError(f"colour_jitter needs an RGB teacher; this one reads {self.in_chans} channel(s)")
         if _model_geometry(student) != (self.image_size, self.in_chans):
             raise ValueError(f"teacher input {(self.image_size, self.in_chans)} and student input "
                              f"{_model_geometry(student)} (size, channels) differ")
@@ -651,7 +655,8 @@ class DataFreeDistiller:
         return record
 
     def student_step(self) -> Dict[str, float]:
-        """One student update on fresh synthetic images mixed with the memory bank."""
+        """One student update on fresh synthetic images mixed with the memory bank, colour-jittered,
+        with a share of dead-leaves images (``procedural_fraction``), augmented."""
         cfg = self.cfg
         with torch.no_grad():
             fresh, _ = self._generate(cfg.batch_size)
@@ -660,7 +665,7 @@ class DataFreeDistiller:
             if from_bank:
                 batch = torch.cat([batch, self.bank.sample(from_bank, self.rng).to(fresh.device)])
             self.bank.push(fresh)
-            batch = colour_jitter(batch, cfg.colour_jitter, self.rng) if batch.shape[1] == 3 else batch
+            batch = colour_jitter(batch, cfg.colour_jitter, self.rng)
             procedural = int(round(cfg.batch_size * cfg.procedural_fraction))
             if procedural:
                 leaves = dead_leaves(procedural, self.image_size, self.rng, channels=self.in_chans)
