@@ -276,6 +276,7 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
             _, wall = timed(distiller.fit)
             if not suffix and k == 0:
                 shrink_png(distiller.save_grid(HERE / "data_free_kd_detection_samples.png"), width=640)
+                shrink_png(distiller.save_student_view(HERE / "data_free_kd_detection_student_view.png"), width=640)
             distiller.close()
             df_runs.append((s, wall))
             source = distiller.stats_source
@@ -407,6 +408,8 @@ def write_outputs(rows: List[Dict[str, Any]], args, started: str) -> None:
               "![digits samples](data_free_kd_digits_samples.png)"]
     if any(r["task"] == "detection" for r in rows):
         lines.append("Synthesised detection scenes: ![detection samples](data_free_kd_detection_samples.png)")
+        lines.append("What the detection student trains on (the same generator's images, colour-jittered, a quarter "
+                     "replaced by dead-leaves images): ![student view](data_free_kd_detection_student_view.png)")
     (HERE / "data_free_kd.md").write_text("\n".join(lines) + "\n")
     plot(rows, HERE / "data_free_kd.png")
 

@@ -222,6 +222,9 @@ def test_procedural_images_and_colour_jitter_reach_the_student(tmp_path):
     # saturated than the generator's first outputs.
     saturation = [float((batch.amax(1) - batch.amin(1)).mean()) for batch in seen]
     assert max(saturation) > 0.2, saturation
+    rng_state = distiller.rng.get_state()
+    view = distiller.save_student_view(tmp_path / "student_view.png", count=8)
+    assert view.is_file() and torch.equal(distiller.rng.get_state(), rng_state)   # the run's randomness untouched
     teacher, grey_student = _pair()                        # digits: one channel, nothing to jitter
     with pytest.raises(ValueError, match="RGB"):
         DataFreeDistiller(teacher, grey_student, _tiny_cfg(colour_jitter=0.5), tmp_path / "grey", show_progress=False)

@@ -552,6 +552,16 @@ class DataFreeDistiller:
             if self.generator.num_classes else None
         return latent, labels
 
+    def _with_image_priors(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Colour-jitter synthetic ``images`` and replace the last ``procedural_fraction`` of them
+        with dead-leaves images (``image_priors.py``)."""
+        images = colour_jitter(images, self.cfg.colour_jitter, generator)
+        procedural = int(round(images.shape[0] * self.cfg.procedural_fraction))
+        if procedural:
+            leaves = dead_leaves(procedural, self.image_size, generator, channels=self.in_chans)
+            images = torch.cat([images[:images.shape[0] - procedural], leaves.to(images.device)])
+        return images
+
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         if cfg.augment and cfg.augment_mode == "crop":
@@ -665,12 +675,7 @@ class DataFreeDistiller:
             if from_bank:
                 batch = torch.cat([batch, self.bank.sample(from_bank, self.rng).to(fresh.device)])
             self.bank.push(fresh)
-            batch = colour_jitter(batch, cfg.colour_jitter, self.rng)
-            procedural = int(round(cfg.batch_size * cfg.procedural_fraction))
-            if procedural:
-                leaves = dead_leaves(procedural, self.image_size, self.rng, channels=self.in_chans)
-                batch = torch.cat([batch[:cfg.batch_size - procedural], leaves.to(batch.device)])
-            batch = self._augment(batch)
+            batch = self._augment(self._with_image_priors(batch, self.rng))
             t_out, t_tokens = self.teacher_view(batch)
             teacher_norm_inputs = self.teacher_view.norm_inputs
         self.student.train()
@@ -756,6 +761,20 @@ class DataFreeDistiller:
         images = self.generator(self._grid_latent, self._grid_labels if self.generator.num_classes else None,
                                 self._grid_canvas)
         self.generator.train(was_training)
+        save_image(images, path, nrow=8, padding=1)
+        return path
+
+    @torch.no_grad()
+    def save_student_view(self, path: Union[str, Path], count: int = 64) -> Path:
+        """PNG grid of images as the student's batches mix them: the current generator's, with
+        this config's colour jitter and share of dead-leaves images (no bank, no augmentation;
+        the run's own random state is left alone)."""
+        from torchvision.utils import save_image
+
+        rng = torch.Generator().manual_seed(self.cfg.seed + 3)
+        images = self._with_image_priors(self.synthesize(count, generator=rng), rng)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_image(images, path, nrow=8, padding=1)
         return path
 
