@@ -189,14 +189,19 @@ def test_detection_student_imitates_dense_outputs(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
 
 
-def test_detection_peaks_prior_and_focal_student_loss(tmp_path):
+def _micro_detection_distiller(out_dir: Path, **options) -> DataFreeDistiller:
+    """A 2-step detection game between two ``test_micro`` detectors, with ``options`` on top."""
     models = pytest.importorskip("evit_training.models")
     torch.manual_seed(0)
     teacher = models.create_detector("test_micro")
     student = models.create_detector("test_micro", embed_dim=16)
-    cfg = _tiny_cfg(steps=2, batch_size=4, grid_every=4, memory_bank_size=8, generator_patch_size=16,
-                    detection_prior="peaks", target_objects=3, heatmap_focal_gamma=2.0, augment_mode="crop")
-    distiller = DataFreeDistiller(teacher, student, cfg, tmp_path, task="detection", show_progress=False)
+    cfg = _tiny_cfg(steps=2, batch_size=4, grid_every=4, memory_bank_size=8, generator_patch_size=16, **options)
+    return DataFreeDistiller(teacher, student, cfg, out_dir, task="detection", show_progress=False)
+
+
+def test_detection_peaks_prior_and_focal_student_loss(tmp_path):
+    distiller = _micro_detection_distiller(tmp_path, detection_prior="peaks", target_objects=3,
+                                           heatmap_focal_gamma=2.0, augment_mode="crop")
     distiller.fit()
     for key in ("s_kl", "g_confidence", "g_balance", "g_objects"):
         assert torch.isfinite(torch.tensor(distiller.history[-1][key])), key
@@ -205,15 +210,9 @@ def test_detection_peaks_prior_and_focal_student_loss(tmp_path):
 
 
 def test_procedural_images_and_colour_jitter_reach_the_student(tmp_path):
-    models = pytest.importorskip("evit_training.models")
-    torch.manual_seed(0)
-    teacher = models.create_detector("test_micro")
-    student = models.create_detector("test_micro", embed_dim=16)
-    cfg = _tiny_cfg(steps=2, batch_size=4, grid_every=4, memory_bank_size=8, generator_patch_size=16,
-                    procedural_fraction=0.5, colour_jitter=0.5)
-    distiller = DataFreeDistiller(teacher, student, cfg, tmp_path, task="detection", show_progress=False)
+    distiller = _micro_detection_distiller(tmp_path, procedural_fraction=0.5, colour_jitter=0.5)
     seen = []
-    hook = student.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    hook = distiller.student.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
     distiller.fit()
     hook.remove()
     assert torch.isfinite(torch.tensor(distiller.history[-1]["s_kl"]))
