@@ -269,6 +269,10 @@ def test_run_from_config_trains_and_saves_student(tmp_path):
     assert result["steps"] == 2 and 0.0 <= result["accuracy"] <= 1.0
     assert load_classifier(result["student"]).arch["embed_dim"] == 24
     assert (tmp_path / "run" / "samples" / "final.png").is_file()
+    assert not (tmp_path / "run" / "samples" / "student_view.png").exists()   # no image priors: nothing more to show
+    cfg["data_free"]["procedural_fraction"] = 0.25
+    run_from_config(cfg, out_dir=tmp_path / "run_priors", show_progress=False)
+    assert (tmp_path / "run_priors" / "samples" / "student_view.png").is_file()
 
 
 def test_bad_configs_are_named(tmp_path):

@@ -914,6 +914,8 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
                                   inherited_channels=inherited, device=device)
     distiller.fit()
     distiller.save_grid(out / "samples" / "final.png")
+    if cfg.procedural_fraction or cfg.colour_jitter:   # the student saw more than the generator's grid shows
+        distiller.save_student_view(out / "samples" / "student_view.png")
     distiller.close()
     result: Dict[str, Any] = {"out_dir": str(out), "steps": distiller.step, "elapsed_s": round(distiller.elapsed_s, 2),
                               "feature_stats_source": distiller.stats_source, "student_init": student_init}
