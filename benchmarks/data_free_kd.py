@@ -210,9 +210,8 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
     example = torch.rand(1, 3, size, size)
     rows: List[Dict[str, Any]] = []
 
-    def row(name: str, models, walls, steps: int, **extra: Any) -> None:
-        # Several seeds (lists) for the two arms the target compares: the figure is their mean.
-        models, walls = (models, walls) if isinstance(models, list) else ([models], [walls])
+    def row(name: str, models: List[Any], walls: List[float], steps: int, **extra: Any) -> None:
+        # Several seeds for the two arms the target compares: the figure is their mean.
         scores = [evaluate_model(m, val, progress=False) for m in models]
         map50s = [round(float(m["map50"]), 4) for m in scores]
         r = {"task": "detection", "arm": name, "name": f"detector_{name}", "accuracy": None,
@@ -239,7 +238,7 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
             args.retrain_teacher)
         t_steps = args.det_teacher_steps
     teacher.eval()
-    row("teacher", teacher, t_wall, t_steps)
+    row("teacher", [teacher], [t_wall], t_steps)
 
     def student(init: str) -> tuple:
         """``(model, inherited residual channels or None)`` for a student started ``init``."""
@@ -256,10 +255,12 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
     sub = torch.utils.data.Subset(train, list(range(min(args.det_subset, len(train)))))
     # Students that start from the teacher's weights (the data-free recipe's init) get the same
     # start in the real-data KD arm; the "_random_init" rows show what that start is worth.
+    def run_dir(arm: str, k: int) -> Path:   # seed 0 keeps the single-seed path of earlier runs
+        return work / "detection" / f"{arm}{f'_seed{k}' if k else ''}"
+
     for init, suffix in (("weight_selection", ""), ("random", "_random_init")):
         seeds = range(args.det_seeds if init == "weight_selection" else 1)
-        kd_runs = [timed(Trainer(student(init)[0], train, train_cfg(args.det_steps, 1 + k),
-                                 work / "detection" / f"kd_real{suffix}{f'_seed{k}' if k else ''}",
+        kd_runs = [timed(Trainer(student(init)[0], train, train_cfg(args.det_steps, 1 + k), run_dir(f"kd_real{suffix}", k),
                                  teacher=teacher, kd=kd).fit) for k in seeds]
         row(f"kd_real{suffix}", [m for m, _ in kd_runs], [w for _, w in kd_runs], args.det_steps, student_init=init)
 
@@ -269,10 +270,8 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
             # The inherited-token loss needs a weight-selected student; a random one goes without.
             cfg = dataclasses.replace(df_cfg, seed=df_cfg.seed + k,
                                       w_inherited_tokens=df_cfg.w_inherited_tokens if inherited is not None else 0.0)
-            distiller = DataFreeDistiller(teacher, s, cfg,
-                                          work / "detection" / f"data_free{suffix}{f'_seed{k}' if k else ''}",
-                                          task="detection", resume=False, token_stats=token_stats,
-                                          inherited_channels=inherited)
+            distiller = DataFreeDistiller(teacher, s, cfg, run_dir(f"data_free{suffix}", k), task="detection",
+                                          resume=False, token_stats=token_stats, inherited_channels=inherited)
             _, wall = timed(distiller.fit)
             if not suffix and k == 0:
                 shrink_png(distiller.save_grid(HERE / "data_free_kd_detection_samples.png"), width=640)
@@ -285,16 +284,16 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
 
     trainer = Trainer(student("random")[0], train, train_cfg(args.det_steps, 1), work / "detection" / "scratch")
     s, wall = timed(trainer.fit)
-    row("scratch", s, wall, args.det_steps, student_init="random")
+    row("scratch", [s], [wall], args.det_steps, student_init="random")
     trainer = Trainer(student("random")[0], sub, train_cfg(args.det_steps, 1), work / "detection" / "scratch_subset")
     s, wall = timed(trainer.fit)
-    row("scratch_subset", s, wall, args.det_steps, real_images_used=len(sub), student_init="random")
+    row("scratch_subset", [s], [wall], args.det_steps, real_images_used=len(sub), student_init="random")
     # The strict competitor of a data-free student: the same teacher-derived start, fine-tuned on
     # the labels of the tiny subset instead of distilled on synthetic images.
     trainer = Trainer(student("weight_selection")[0], sub, train_cfg(args.det_steps, 1),
                       work / "detection" / "finetune_subset")
     s, wall = timed(trainer.fit)
-    row("finetune_subset", s, wall, args.det_steps, real_images_used=len(sub), student_init="weight_selection")
+    row("finetune_subset", [s], [wall], args.det_steps, real_images_used=len(sub), student_init="weight_selection")
     return rows
 
 

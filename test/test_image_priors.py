@@ -60,9 +60,8 @@ def test_colour_jitter_identity_range_and_grey_axis():
         colour_jitter(torch.rand(1, 1, 4, 4), 0.5, gen)
 
 
-def test_colour_jitter_hue_rotation_changes_hue_but_keeps_mean():
-    # Saturated red: a hue rotation moves energy into green/blue while the channel mean
-    # (the grey component) is preserved before brightness/contrast act.
+def test_colour_jitter_hue_rotation_moves_colour_between_channels():
+    # Saturated red: rotating about the grey axis moves its colour into green and blue.
     red = torch.zeros(64, 3, 4, 4)
     red[:, 0] = 0.6
     out = colour_jitter(red, 1.0, torch.Generator().manual_seed(2))

@@ -69,8 +69,8 @@ def colour_jitter(images: torch.Tensor, strength: float, generator: torch.Genera
     """Per-image random brightness, contrast, saturation and hue of RGB ``images`` in [0, 1].
 
     ``strength`` in [0, 1] scales every range: at 1, brightness and contrast vary by up to
-    x0.6..x1.4, saturation by x0.3..x2.0 and the hue rotates by up to +-180 degrees (a
-    rotation of the colour cube about its grey axis, which keeps luminance). 0 returns the
+    x0.6..x1.4, saturation by x0.5..x2.0 and the hue rotates by up to +-180 degrees (a
+    rotation of the colour cube about its grey axis, which keeps each pixel's channel mean). 0 returns the
     input unchanged.
     """
     if not 0.0 <= strength <= 1.0:
@@ -86,8 +86,7 @@ def colour_jitter(images: torch.Tensor, strength: float, generator: torch.Genera
         return 1.0 + span * strength * (2 * torch.rand(b, 1, 1, 1, generator=generator) - 1)
 
     brightness, contrast = uniform(0.4), uniform(0.4)
-    saturation = torch.exp(strength * math.log(2.0) * (2 * torch.rand(b, 1, 1, 1, generator=generator) - 1)
-                           ).clamp(min=0.3)
+    saturation = torch.exp(strength * math.log(2.0) * (2 * torch.rand(b, 1, 1, 1, generator=generator) - 1))
     angle = strength * math.pi * (2 * torch.rand(b, generator=generator) - 1)
     # Rodrigues rotation about the unit grey axis (1, 1, 1) / sqrt(3).
     axis = torch.full((3,), 1.0 / math.sqrt(3.0))
