@@ -16,7 +16,7 @@ import yaml  # noqa: E402
 from evit_training.classification import create_classifier, load_classifier, save_classifier  # noqa: E402
 from evit_training.distill.data_free import (DataFreeConfig, DataFreeDistiller, _kl,  # noqa: E402
                                              heatmap_peak_priors, patch_similarity_entropy,
-                                             random_crop_shift, run_from_config)
+                                             mosaic, random_crop_shift, run_from_config)
 from evit_training.distill.logit_kd import heatmap_kd_loss  # noqa: E402
 from evit_training.distill.generator import TransformerGenerator  # noqa: E402
 
@@ -146,7 +146,7 @@ def test_student_loss_falls_on_fixed_seed(tmp_path):
 
 
 @pytest.mark.parametrize("options", [{}, {"augment_mode": "crop"},
-                                     {"procedural_fraction": 0.25},
+                                     {"procedural_fraction": 0.25}, {"mosaic_fraction": 0.5}, {"student_ema": 0.9},
                                      {"generator_canvas": "dead_leaves", "canvas_residual": 0.5}])
 def test_resume_reaches_the_same_state(tmp_path, options):
     def run(out: Path, stops):
@@ -170,6 +170,23 @@ def test_resume_reaches_the_same_state(tmp_path, options):
             assert torch.equal(a[key], b[key]), f"{name}.{key} differs after resume"
     assert torch.equal(straight.bank.images, resumed.bank.images)
     assert [h["s_kl"] for h in straight.history] == [h["s_kl"] for h in resumed.history]
+
+
+def test_student_ema_becomes_the_student(tmp_path):
+    teacher, student = _pair(seed=2)
+    initial = {k: v.clone() for k, v in student.state_dict().items()}
+    distiller = DataFreeDistiller(teacher, student, _tiny_cfg(steps=1, student_ema=0.75), tmp_path,
+                                  show_progress=False)
+    distiller.fit()
+    raw = torch.load(tmp_path / "last.pt", weights_only=False)["student"]   # the optimiser's weights
+    changed = 0
+    for key, value in student.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.75 * initial[key] + 0.25 * raw[key], atol=1e-6), key
+            changed += not torch.equal(value, raw[key])
+    assert changed, "the returned student should be the average, not the last step's weights"
+    with pytest.raises(ValueError, match="student_ema"):
+        DataFreeConfig.from_dict({"student_ema": 1.0})
 
 
 def test_detection_student_imitates_dense_outputs(tmp_path):
@@ -311,3 +328,25 @@ def test_random_crop_shift_keeps_shape_range_and_identity():
     assert torch.allclose(random_crop_shift(images, 1.0, 0, gen), images, atol=1e-5)
     with pytest.raises(ValueError, match="augment_mode"):
         DataFreeConfig.from_dict({"augment_mode": "mixup"})
+
+
+def test_mosaic_tiles_half_size_batch_images():
+    gen = torch.Generator().manual_seed(0)
+    # Flat images of distinct grey levels: every mosaic quadrant must be one of them, whole.
+    levels = torch.linspace(0.1, 0.9, 8)
+    images = levels.view(8, 1, 1, 1).expand(8, 3, 33, 32).clone()
+    out = mosaic(images, 0.5, gen)
+    assert out.shape == images.shape
+    changed = [i for i in range(8) if not torch.equal(out[i], images[i])]
+    assert 1 <= len(changed) <= 4           # 4 replaced; a mosaic may repeat its own tile
+    quadrants = [(slice(0, 16), slice(0, 16)), (slice(0, 16), slice(16, 32)),
+                 (slice(16, 32), slice(0, 16)), (slice(16, 32), slice(16, 32))]
+    for i in changed:
+        for rows, cols in quadrants:
+            tile = out[i, :, rows, cols]
+            assert torch.allclose(tile, tile.flatten()[0].expand_as(tile), atol=1e-5)
+            assert torch.isclose(levels, tile.flatten()[0], atol=1e-5).any()
+        assert torch.equal(out[i, :, 32], out[i, :, 31])    # the odd row is padded, not left stale
+    assert torch.equal(mosaic(images, 0.0, gen), images)
+    with pytest.raises(ValueError, match="mosaic_fraction"):
+        DataFreeConfig.from_dict({"mosaic_fraction": 1.5})

@@ -85,6 +85,9 @@ class DataFreeConfig:
     student_steps: int = 2              # student updates per round
     warmup_generator_steps: int = 50    # prior-only generator steps before the student starts
     lr_student: float = 2e-3
+    # decay of an exponential moving average of the student's weights, which becomes the
+    # student when the budget is spent (0: off); it smooths a student chasing a moving generator
+    student_ema: float = 0.0
     lr_generator: float = 1e-3
     weight_decay: float = 0.05
     temperature: float = 4.0
@@ -134,6 +137,9 @@ class DataFreeConfig:
     augment_mode: str = "roll"          # "roll": one wrap-around shift per batch; "crop": per-image zoom + shift
     crop_scale: float = 0.8             # "crop": smallest side of the crop, as a share of the image side
     cutmix_prob: float = 0.5
+    # share of every student batch replaced by 2x2 mosaics of half-size batch images: objects at
+    # half the scale the generator draws them, four scenes' worth of them per image
+    mosaic_fraction: float = 0.0
     # generic image priors (image_priors.py): a share of every student batch drawn as
     # procedural dead-leaves images, and per-image colour jitter of the synthetic ones
     procedural_fraction: float = 0.0
@@ -167,7 +173,9 @@ class DataFreeConfig:
         for name in ("generator_steps", "warmup_generator_steps", "memory_bank_size", "max_shift"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("memory_fraction", "cutmix_prob", "procedural_fraction", "colour_jitter"):
+        if not 0.0 <= self.student_ema < 1.0:
+            raise ValueError(f"student_ema must be in [0, 1), got {self.student_ema}")
+        for name in ("memory_fraction", "cutmix_prob", "mosaic_fraction", "procedural_fraction", "colour_jitter"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -371,6 +379,30 @@ def random_crop_shift(images: torch.Tensor, min_scale: float, max_shift: int, ge
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def mosaic(images: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace a random ``fraction`` of ``images`` (B, C, H, W) with 2x2 mosaics of four batch
+    images, each downscaled to half size (antialiased).
+
+    The generator draws objects at one scale, mostly large; a mosaic shows them at half that
+    scale and four scenes' worth of them per image, which is where a detector's small objects
+    are. The teacher labels the mosaic itself, so no box bookkeeping is needed.
+    """
+    b, c, h, w = images.shape
+    count = int(round(b * fraction))
+    if count == 0:
+        return images
+    hh, hw = h // 2, w // 2
+    small = F.interpolate(images, size=(hh, hw), mode="bilinear", antialias=True, align_corners=False)
+    tiles = small[torch.randint(0, b, (count * 4,), generator=generator).to(images.device)]
+    tiles = tiles.view(count, 4, c, hh, hw)
+    grid = torch.cat([torch.cat([tiles[:, 0], tiles[:, 1]], 3), torch.cat([tiles[:, 2], tiles[:, 3]], 3)], 2)
+    if grid.shape[-2:] != (h, w):    # odd sides: stretch the last row/column of pixels
+        grid = F.pad(grid, (0, w - 2 * hw, 0, h - 2 * hh), mode="replicate")
+    out = images.clone()
+    out[torch.randperm(b, generator=generator)[:count].to(images.device)] = grid
+    return out
+
+
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between neighbouring pixels."""
     return (images[..., 1:, :] - images[..., :-1, :]).abs().mean() + \
@@ -481,6 +513,8 @@ class DataFreeDistiller:
         self.opt_s = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr_student,
                                        weight_decay=self.cfg.weight_decay)
         self.sched_s = torch.optim.lr_scheduler.LambdaLR(self.opt_s, _budget_factor(self.cfg.steps))
+        self.student_ema = {k: v.detach().clone() for k, v in student.state_dict().items()} \
+            if self.cfg.student_ema else None
         self.bank = SyntheticMemoryBank(self.cfg.memory_bank_size, (self.in_chans, self.image_size, self.image_size))
         self.stat_targets, self.stats_source = self._stat_targets(stats_images, token_stats)
         self.teacher_view.norm_inputs = []   # the recording above went through the hooks too
@@ -564,6 +598,8 @@ class DataFreeDistiller:
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
+        if cfg.mosaic_fraction:
+            images = mosaic(images, cfg.mosaic_fraction, self.rng)
         if cfg.augment and cfg.augment_mode == "crop":
             images = random_crop_shift(images, cfg.crop_scale, cfg.max_shift, self.rng,
                                        flip=self.task == "detection")
@@ -691,6 +727,13 @@ class DataFreeDistiller:
         loss.backward()
         self.opt_s.step()
         self.sched_s.step()
+        if self.student_ema is not None:
+            with torch.no_grad():
+                for key, value in self.student.state_dict().items():
+                    if value.is_floating_point():
+                        self.student_ema[key].lerp_(value, 1.0 - cfg.student_ema)
+                    else:
+                        self.student_ema[key].copy_(value)
         return {"s_" + k: float(v.detach()) for k, v in terms.items()}
 
     # ---------------------------------------------------------------- driver
@@ -733,6 +776,8 @@ class DataFreeDistiller:
         self.elapsed_s = elapsed_before + time.perf_counter() - start
         self.save_checkpoint(self.out_dir / CHECKPOINT_NAME)
         (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        if self.student_ema is not None and self.step >= cfg.steps:
+            self.student.load_state_dict(self.student_ema)   # after the checkpoint, which keeps both
         return self.student
 
     @torch.no_grad()
@@ -786,7 +831,8 @@ class DataFreeDistiller:
             "step": self.step, "warmup_done": self.warmup_done, "elapsed_s": self.elapsed_s,
             "generator": self.generator.state_dict(), "student": self.student.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_s": self.opt_s.state_dict(), "sched_s": self.sched_s.state_dict(),
-            "bank": self.bank.state_dict(), "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
+            "student_ema": self.student_ema, "bank": self.bank.state_dict(),
+            "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "history": self.history,
         }
 
@@ -810,6 +856,10 @@ class DataFreeDistiller:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_s.load_state_dict(state["opt_s"])
         self.sched_s.load_state_dict(state["sched_s"])
+        if self.student_ema is not None:
+            if state.get("student_ema") is None:
+                raise ValueError(f"{path} was written without student_ema; resume it with student_ema: 0")
+            self.student_ema = {k: v.clone() for k, v in state["student_ema"].items()}
         self.bank.load_state_dict(state["bank"])
         self.rng.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
