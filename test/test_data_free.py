@@ -16,7 +16,8 @@ import yaml  # noqa: E402
 from evit_training.classification import create_classifier, load_classifier, save_classifier  # noqa: E402
 from evit_training.distill.data_free import (DataFreeConfig, DataFreeDistiller, _kl,  # noqa: E402
                                              heatmap_peak_priors, patch_similarity_entropy,
-                                             mosaic, random_crop_shift, run_from_config)
+                                             mosaic, pseudo_label_targets, random_crop_shift,
+                                             run_from_config)
 from evit_training.distill.logit_kd import heatmap_kd_loss  # noqa: E402
 from evit_training.distill.generator import TransformerGenerator  # noqa: E402
 
@@ -244,9 +245,32 @@ def test_procedural_images_and_colour_jitter_reach_the_student(tmp_path):
     teacher, grey_student = _pair()                        # digits: one channel, nothing to jitter
     with pytest.raises(ValueError, match="RGB"):
         DataFreeDistiller(teacher, grey_student, _tiny_cfg(colour_jitter=0.5), tmp_path / "grey", show_progress=False)
-    for name, value in (("procedural_fraction", 1.5), ("colour_jitter", -0.1), ("generator_canvas", "photos")):
+    for name, value in (("procedural_fraction", 1.5), ("colour_jitter", -0.1), ("generator_canvas", "photos"),
+                        ("procedural_style", "photos")):
         with pytest.raises(ValueError, match=name):
             DataFreeConfig.from_dict({name: value})
+
+
+def test_pseudo_labels_are_the_teachers_confident_detections(tmp_path):
+    # A teacher map with two confident peaks (class 1 at cell (2, 3), class 0 at (5, 6)) and a
+    # weak one: only the confident two become centres, with the teacher's sizes and offsets.
+    heat = torch.full((1, 2, 8, 8), -8.0)
+    heat[0, 1, 3, 2], heat[0, 0, 6, 5], heat[0, 0, 1, 6] = 3.0, 2.0, -1.0
+    size = torch.zeros(1, 2, 8, 8)
+    size[0, :, 3, 2] = torch.tensor([0.5, 1.0])
+    offset = torch.full((1, 2, 8, 8), 0.25)
+    targets = pseudo_label_targets({"heatmap": heat, "size": size, "offset": offset}, stride=4, threshold=0.3)
+    centres = targets["mask"][0, 0].nonzero().tolist()
+    assert sorted(centres) == [[3, 2], [6, 5]]
+    assert float(targets["heatmap"][0, 1, 3, 2]) == 1.0 and float(targets["heatmap"][0, 0, 6, 5]) == 1.0
+    assert float(targets["heatmap"][0, 0, 1, 6]) == 0.0
+    assert torch.allclose(targets["size"][0, :, 3, 2], torch.tensor([0.5, 1.0]), atol=1e-5)
+    assert torch.allclose(targets["offset"][0, :, 3, 2], torch.tensor([0.25, 0.25]), atol=1e-5)
+    distiller = _micro_detection_distiller(tmp_path, w_pseudo_labels=1.0, pseudo_label_threshold=0.05)
+    distiller.fit()
+    assert torch.isfinite(torch.tensor(distiller.history[-1]["s_pseudo"]))
+    with pytest.raises(ValueError, match="pseudo_label_threshold"):
+        DataFreeConfig.from_dict({"pseudo_label_threshold": 2.0})
 
 
 def test_heatmap_peak_priors_reward_a_few_confident_peaks():

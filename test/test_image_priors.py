@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from evit_training.distill.image_priors import colour_jitter, dead_leaves  # noqa: E402
+from evit_training.distill.image_priors import colour_jitter, dead_leaves, spectral_noise  # noqa: E402
 
 
 def test_dead_leaves_shape_range_and_seed():
@@ -30,6 +30,42 @@ def test_dead_leaves_are_piecewise_flat_with_many_colours():
         assert (image[:, :, 1:] == image[:, :, :-1]).all(0).float().mean() > 0.8
     textured = dead_leaves(2, 64, torch.Generator().manual_seed(0), shapes=60, texture=0.06)
     assert (textured[:, :, :, 1:] == textured[:, :, :, :-1]).float().mean() < 0.2
+
+
+def _power_slope(images: torch.Tensor) -> float:
+    """Least-squares slope of log power against log frequency, averaged over images."""
+    grey = images.mean(1) - images.mean((1, 2, 3)).view(-1, 1, 1)
+    power = torch.fft.rfft2(grey).abs().pow(2).mean(0)
+    fy = torch.fft.fftfreq(grey.shape[-2]).view(-1, 1)
+    fx = torch.fft.rfftfreq(grey.shape[-1]).view(1, -1)
+    f = (fx * fx + fy * fy).sqrt()
+    band = (f > 0.02) & (f < 0.25)
+    x, y = f[band].log(), power[band].clamp(min=1e-12).log()
+    return float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+
+
+def test_spectral_noise_has_the_requested_power_law():
+    gen = torch.Generator().manual_seed(0)
+    rough = spectral_noise(16, 64, gen, alpha=(2.0, 2.0))
+    smooth = spectral_noise(16, 64, gen, alpha=(3.0, 3.0))
+    assert rough.shape == (16, 3, 64, 64) and rough.min() >= 0.0 and rough.max() <= 1.0
+    # Clamping to [0, 1] bends the spectrum a little; the slopes stay near -alpha and ordered.
+    assert -2.6 < _power_slope(rough) < -1.5
+    assert _power_slope(smooth) < _power_slope(rough) - 0.5
+    assert spectral_noise(2, 16, gen, channels=1).shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="alpha"):
+        spectral_noise(1, 16, gen, alpha=(3.0, 2.0))
+
+
+def test_textured_dead_leaves_have_textured_ground_and_shapes():
+    flat = dead_leaves(2, 64, torch.Generator().manual_seed(0), shapes=60, texture=0.0)
+    textured = dead_leaves(2, 64, torch.Generator().manual_seed(0), shapes=60, texture=0.0, textured=True)
+    assert textured.shape == flat.shape and textured.min() >= 0.0 and textured.max() <= 1.0
+    equal_neighbours = (textured[:, :, :, 1:] == textured[:, :, :, :-1]).all(1).float().mean()
+    assert equal_neighbours < 0.3                       # no longer piecewise flat
+    # Shape edges stay sharp: the largest neighbour jumps are far above the texture's.
+    jumps = (textured[:, :, :, 1:] - textured[:, :, :, :-1]).abs().amax(1).flatten()
+    assert float(jumps.quantile(0.995)) > 4 * float(jumps.median())
 
 
 def test_dead_leaves_one_shape_and_bad_arguments():

@@ -67,6 +67,7 @@ DETECTION_PRIORS = ("topk", "peaks")
 STATS_SOURCES = ("auto", "teacher", "noise")
 STUDENT_INITS = ("random", "weight_selection")
 CANVASES = ("none", "dead_leaves")
+PROCEDURAL_STYLES = ("flat", "textured")
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -125,6 +126,10 @@ class DataFreeConfig:
     w_kl: float = 1.0
     heatmap_focal_gamma: float = 0.0    # detection: weight heatmap KD cells by |p_student - p_teacher|^gamma
     w_box: float = 1.0                  # detection: size/offset imitation
+    # detection: the teacher's detections above the threshold as hard CenterNet targets
+    # (focal heatmap + size/offset), the supervised loss a detector is trained with
+    w_pseudo_labels: float = 0.0
+    pseudo_label_threshold: float = 0.3
     w_feature: float = 1.0              # patch-relation matching
     # A student started by weight selection (inherited_channels given): its block inputs match
     # the teacher's on the residual channels it kept, block by block (0 switches it off).
@@ -143,6 +148,7 @@ class DataFreeConfig:
     # generic image priors (image_priors.py): a share of every student batch drawn as
     # procedural dead-leaves images, and per-image colour jitter of the synthetic ones
     procedural_fraction: float = 0.0
+    procedural_style: str = "flat"      # "flat" dead leaves, or "textured": on spectral-noise ground
     colour_jitter: float = 0.0
     # statistics prior targets: "teacher" = the token statistics stored in the teacher's
     # checkpoint (recorded on its training data, see token_statistics.py); "noise" = recorded
@@ -175,7 +181,8 @@ class DataFreeConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.student_ema < 1.0:
             raise ValueError(f"student_ema must be in [0, 1), got {self.student_ema}")
-        for name in ("memory_fraction", "cutmix_prob", "mosaic_fraction", "procedural_fraction", "colour_jitter"):
+        for name in ("memory_fraction", "cutmix_prob", "mosaic_fraction", "pseudo_label_threshold",
+                     "procedural_fraction", "colour_jitter"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -192,6 +199,8 @@ class DataFreeConfig:
             raise ValueError(f"feature_stats_source must be one of {STATS_SOURCES}, got {self.feature_stats_source!r}")
         if self.generator_canvas not in CANVASES:
             raise ValueError(f"generator_canvas must be one of {CANVASES}, got {self.generator_canvas!r}")
+        if self.procedural_style not in PROCEDURAL_STYLES:
+            raise ValueError(f"procedural_style must be one of {PROCEDURAL_STYLES}, got {self.procedural_style!r}")
         if self.heatmap_focal_gamma < 0:
             raise ValueError(f"heatmap_focal_gamma must be >= 0, got {self.heatmap_focal_gamma}")
 
@@ -343,6 +352,26 @@ def heatmap_peak_priors(heatmap_logits: torch.Tensor, target_objects: int) -> Tu
     per_class = heat.flatten(2).gather(2, index.unsqueeze(1).expand(-1, heat.shape[1], -1))   # (B, C, k)
     share = per_class / per_class.sum(1, keepdim=True).clamp(min=1e-6)
     return confidence, share.mean((0, 2))
+
+
+@torch.no_grad()
+def pseudo_label_targets(t_out: Mapping[str, torch.Tensor], stride: int, threshold: float) -> Dict[str, torch.Tensor]:
+    """The teacher's detections scoring above ``threshold`` drawn as CenterNet training
+    targets (Gaussian heatmap peaks, size and offset at the centre cells), on its device.
+
+    Soft heatmap KD copies every cell of the teacher's map; these hard targets give the
+    student the sharp peaks of the supervised loss it was designed for, at the teacher's
+    own boxes, so no label is needed.
+    """
+    from evit_training.engine.losses import encode_targets
+    from evit_training.models.decode import decode_detections
+
+    rows = decode_detections({k: t_out[k].float() for k in ("heatmap", "size", "offset")}, stride)
+    keep = rows[..., 4] > threshold
+    boxes = [{"boxes": r[m, :4].cpu(), "labels": r[m, 5].long().cpu()} for r, m in zip(rows, keep)]
+    heat = t_out["heatmap"]
+    encoded = encode_targets(boxes, heat.shape[1], heat.shape[-1], stride)
+    return {k: v.to(heat.device) for k, v in encoded.items()}
 
 
 def batch_diversity(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -592,7 +621,8 @@ class DataFreeDistiller:
         images = colour_jitter(images, self.cfg.colour_jitter, generator)
         procedural = int(round(images.shape[0] * self.cfg.procedural_fraction))
         if procedural:
-            leaves = dead_leaves(procedural, self.image_size, generator, channels=self.in_chans)
+            leaves = dead_leaves(procedural, self.image_size, generator, channels=self.in_chans,
+                                 textured=self.cfg.procedural_style == "textured")
             images = torch.cat([images[:images.shape[0] - procedural], leaves.to(images.device)])
         return images
 
@@ -658,7 +688,13 @@ class DataFreeDistiller:
         from evit_training.distill.logit_kd import logit_kd_loss
         terms = logit_kd_loss(s_out, t_out, temperature=self.cfg.temperature, box_weight=self.cfg.w_box,
                               focal_gamma=self.cfg.heatmap_focal_gamma)
-        return {"kl": self.cfg.w_kl * terms["heatmap"], "box": terms["box"]}
+        out = {"kl": self.cfg.w_kl * terms["heatmap"], "box": terms["box"]}
+        if self.cfg.w_pseudo_labels:
+            from evit_training.engine.losses import detection_loss
+            targets = pseudo_label_targets(t_out, int(self.teacher.stride), self.cfg.pseudo_label_threshold)
+            out["pseudo"] = self.cfg.w_pseudo_labels * detection_loss(s_out, targets)["total"]
+        return out
+
 
     # ---------------------------------------------------------------- steps
     def generator_step(self, adversarial: bool = True) -> Dict[str, float]:

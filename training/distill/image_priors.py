@@ -10,26 +10,57 @@ neither of which looks at any real data:
   2001), which Baradad et al. ("Learning to See by Looking at Noise", NeurIPS 2021) found
   among the best procedural images to learn visual features from. The teacher labels them
   like any synthetic image.
+* :func:`spectral_noise`: random-phase noise with a natural image's ``1/f^alpha`` power
+  spectrum in a two-colour palette, terrain-like texture at every scale; with
+  ``dead_leaves(..., textured=True)`` it becomes the ground the shapes lie on and the surface
+  texture of every shape.
 * :func:`colour_jitter`: per-image brightness, contrast, saturation and hue rotation, so the
   student sees the generator's layouts in colours the generator never settled on.
 """
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 
 
+def spectral_noise(count: int, size: int, generator: torch.Generator, alpha: Tuple[float, float] = (2.0, 3.5),
+                   channels: int = 3) -> torch.Tensor:
+    """``count`` images ``(count, channels, size, size)`` in [0, 1] of random-phase noise whose
+    power spectrum falls as ``1/f^a``, ``a`` uniform in ``alpha`` per image (natural images
+    lie around 2; larger is smoother), coloured per image by a random base colour and two
+    random colour directions."""
+    if count < 0 or size < 1:
+        raise ValueError(f"spectral_noise needs count >= 0 and size >= 1; got {count}, {size}")
+    if not 0.0 <= alpha[0] <= alpha[1]:
+        raise ValueError(f"alpha must be a range (lo, hi) with 0 <= lo <= hi, got {alpha}")
+    fy = torch.fft.fftfreq(size).view(1, 1, -1, 1)
+    fx = torch.fft.rfftfreq(size).view(1, 1, 1, -1)
+    exponent = alpha[0] + (alpha[1] - alpha[0]) * torch.rand(count, 1, 1, 1, generator=generator)
+    amplitude = (fx * fx + fy * fy).clamp(min=1.0 / size ** 2).pow(-exponent / 4)
+    amplitude[..., 0, 0] = 0.0                                     # zero mean
+    phase = 2 * math.pi * torch.rand(count, 2, size, size // 2 + 1, generator=generator)
+    fields = torch.fft.irfft2(amplitude * torch.polar(torch.ones_like(phase), phase), s=(size, size))
+    fields = fields / fields.flatten(2).std(2).clamp(min=1e-8).view(count, 2, 1, 1)   # unit std each
+    base = torch.rand(count, channels, 1, 1, generator=generator)
+    directions = 0.25 * (2 * torch.rand(count, 2, channels, generator=generator) - 1)
+    images = base + torch.einsum("bkc,bkhw->bchw", directions, fields)
+    return images.clamp(0.0, 1.0)
+
+
 def dead_leaves(count: int, size: int, generator: torch.Generator, shapes: int = 96,
                 min_radius: float = 1.5, max_radius: float = 48.0, alpha: float = 3.0,
-                texture: float = 0.06, channels: int = 3) -> torch.Tensor:
+                texture: float = 0.06, channels: int = 3, textured: bool = False) -> torch.Tensor:
     """``count`` dead-leaves images ``(count, channels, size, size)`` in [0, 1].
 
     Each image is painted back to front with ``shapes`` discs or axis-aligned rectangles
     (half each) of uniform random colour; radii follow ``p(r) ~ r^-alpha`` on
     ``[min_radius, max_radius]`` pixels, the scale-invariant law of the model, so a few
     shapes cover the background and many small ones sit on top. ``texture`` adds per-pixel
-    noise of that amplitude (real surfaces are not flat colour).
+    noise of that amplitude (real surfaces are not flat colour). ``textured``: the ground is
+    :func:`spectral_noise` instead of one colour, and every shape carries a spectral texture
+    (shapes on textured ground rather than flat patches).
     """
     if count < 0 or size < 1 or shapes < 1:
         raise ValueError(f"dead_leaves needs count >= 0, size >= 1, shapes >= 1; got {count}, {size}, {shapes}")
@@ -49,7 +80,11 @@ def dead_leaves(count: int, size: int, generator: torch.Generator, shapes: int =
     aspect = torch.exp((torch.rand(count, shapes, generator=generator) - 0.5) * 1.4)   # 0.5 .. 2
     is_disc = torch.rand(count, shapes, generator=generator) < 0.5
     colour = torch.rand(count, shapes, channels, generator=generator)
-    images = torch.rand(count, channels, 1, 1, generator=generator).expand(count, channels, size, size).clone()
+    if textured:
+        images = spectral_noise(count, size, generator, channels=channels)
+        surface = spectral_noise(count, size, generator, channels=1) - 0.5 if count else None
+    else:
+        images = torch.rand(count, channels, 1, 1, generator=generator).expand(count, channels, size, size).clone()
     coords = torch.arange(size, dtype=torch.float32) + 0.5
     yy, xx = coords.view(1, size, 1), coords.view(1, 1, size)
     for k in range(shapes):
@@ -59,7 +94,10 @@ def dead_leaves(count: int, size: int, generator: torch.Generator, shapes: int =
         dx, dy = (xx - cx) / rx, (yy - cy) / ry
         inside = torch.where(is_disc[:, k].view(-1, 1, 1), dx * dx + dy * dy <= 1.0,
                              (dx.abs() <= 1.0) & (dy.abs() <= 1.0))
-        images = torch.where(inside.unsqueeze(1), colour[:, k].view(-1, channels, 1, 1), images)
+        paint = colour[:, k].view(-1, channels, 1, 1)
+        if textured:
+            paint = paint + 0.5 * surface
+        images = torch.where(inside.unsqueeze(1), paint, images)
     if texture > 0:
         images = images + texture * torch.randn(images.shape, generator=generator)
     return images.clamp(0.0, 1.0)
