@@ -147,7 +147,8 @@ def test_student_loss_falls_on_fixed_seed(tmp_path):
 
 
 @pytest.mark.parametrize("options", [{}, {"augment_mode": "crop"},
-                                     {"procedural_fraction": 0.25}, {"mosaic_fraction": 0.5}, {"student_ema": 0.9},
+                                     {"procedural_fraction": 0.25}, {"mosaic_fraction": 0.5}, {"student_ema": 0.9}, {"anchor_decay": 5.0},
+                                     {"procedural_fraction": 0.5, "procedural_palette": "teacher", "palette_fit_steps": 3},
                                      {"generator_canvas": "dead_leaves", "canvas_residual": 0.5}])
 def test_resume_reaches_the_same_state(tmp_path, options):
     def run(out: Path, stops):

@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 
 from evit_training.distill.generator import TransformerGenerator
 from evit_training.distill.image_priors import colour_jitter, dead_leaves
+from evit_training.distill.palette import ColourTransform, fit_colour_transform
 from evit_training.distill.token_statistics import check_fits, record_token_statistics, token_statistics
 
 TASKS = ("classification", "detection")
@@ -68,6 +69,7 @@ STATS_SOURCES = ("auto", "teacher", "noise")
 STUDENT_INITS = ("random", "weight_selection")
 CANVASES = ("none", "dead_leaves")
 PROCEDURAL_STYLES = ("flat", "textured")
+PALETTES = ("random", "teacher")
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -89,6 +91,9 @@ class DataFreeConfig:
     # decay of an exponential moving average of the student's weights, which becomes the
     # student when the budget is spent (0: off); it smooths a student chasing a moving generator
     student_ema: float = 0.0
+    # decoupled pull of the student's weights towards their starting values (L2-SP), per unit
+    # of learning rate like weight decay: a weight-selected student keeps more of the teacher
+    anchor_decay: float = 0.0
     lr_generator: float = 1e-3
     weight_decay: float = 0.05
     temperature: float = 4.0
@@ -149,6 +154,10 @@ class DataFreeConfig:
     # procedural dead-leaves images, and per-image colour jitter of the synthetic ones
     procedural_fraction: float = 0.0
     procedural_style: str = "flat"      # "flat" dead leaves, or "textured": on spectral-noise ground
+    # "random": colours uniform in the RGB cube; "teacher": a colour map fitted once to the
+    # teacher's token statistics (palette.py), which recovers its training data's palette
+    procedural_palette: str = "random"
+    palette_fit_steps: int = 100
     colour_jitter: float = 0.0
     # statistics prior targets: "teacher" = the token statistics stored in the teacher's
     # checkpoint (recorded on its training data, see token_statistics.py); "noise" = recorded
@@ -179,6 +188,8 @@ class DataFreeConfig:
         for name in ("generator_steps", "warmup_generator_steps", "memory_bank_size", "max_shift"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.anchor_decay < 0:
+            raise ValueError(f"anchor_decay must be >= 0, got {self.anchor_decay}")
         if not 0.0 <= self.student_ema < 1.0:
             raise ValueError(f"student_ema must be in [0, 1), got {self.student_ema}")
         for name in ("memory_fraction", "cutmix_prob", "mosaic_fraction", "pseudo_label_threshold",
@@ -201,6 +212,10 @@ class DataFreeConfig:
             raise ValueError(f"generator_canvas must be one of {CANVASES}, got {self.generator_canvas!r}")
         if self.procedural_style not in PROCEDURAL_STYLES:
             raise ValueError(f"procedural_style must be one of {PROCEDURAL_STYLES}, got {self.procedural_style!r}")
+        if self.procedural_palette not in PALETTES:
+            raise ValueError(f"procedural_palette must be one of {PALETTES}, got {self.procedural_palette!r}")
+        if self.palette_fit_steps < 1:
+            raise ValueError(f"palette_fit_steps must be positive, got {self.palette_fit_steps}")
         if self.heatmap_focal_gamma < 0:
             raise ValueError(f"heatmap_focal_gamma must be >= 0, got {self.heatmap_focal_gamma}")
 
@@ -542,10 +557,13 @@ class DataFreeDistiller:
         self.opt_s = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr_student,
                                        weight_decay=self.cfg.weight_decay)
         self.sched_s = torch.optim.lr_scheduler.LambdaLR(self.opt_s, _budget_factor(self.cfg.steps))
+        self.anchor = [p.detach().clone() for p in student.parameters()] if self.cfg.anchor_decay else None
         self.student_ema = {k: v.detach().clone() for k, v in student.state_dict().items()} \
             if self.cfg.student_ema else None
         self.bank = SyntheticMemoryBank(self.cfg.memory_bank_size, (self.in_chans, self.image_size, self.image_size))
         self.stat_targets, self.stats_source = self._stat_targets(stats_images, token_stats)
+        self.palette: Optional[ColourTransform] = None     # fitted on first use (procedural_palette)
+        self.palette_losses: List[float] = []
         self.teacher_view.norm_inputs = []   # the recording above went through the hooks too
         self.step = 0
         self.warmup_done = 0
@@ -615,14 +633,44 @@ class DataFreeDistiller:
             if self.generator.num_classes else None
         return latent, labels
 
+    def _dead_leaves(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Procedural images in this config's style, through the fitted palette when asked."""
+        images = dead_leaves(count, self.image_size, generator, channels=self.in_chans,
+                             textured=self.cfg.procedural_style == "textured")
+        if self.cfg.procedural_palette == "teacher":
+            with torch.no_grad():
+                images = self._fitted_palette()(images.to(self.device))
+        return images
+
+    def _fitted_palette(self) -> ColourTransform:
+        """The colour map of procedural images, fitted to the teacher's token statistics once
+        per run (own random stream, so the run's randomness does not depend on it)."""
+        if self.palette is None:
+            fit_rng = torch.Generator().manual_seed(self.cfg.seed + 4)
+            style = self.cfg.procedural_style == "textured"
+
+            def render(count: int) -> torch.Tensor:
+                return dead_leaves(count, self.image_size, fit_rng, channels=self.in_chans,
+                                   textured=style).to(self.device)
+
+            def stats_loss(images: torch.Tensor) -> torch.Tensor:
+                self.teacher_view(images)
+                return feature_stats_loss(self.teacher_view.norm_inputs, self.stat_targets)
+
+            with torch.enable_grad():
+                self.palette, self.palette_losses = fit_colour_transform(
+                    render, stats_loss, self.in_chans, steps=self.cfg.palette_fit_steps, progress=self.show_progress)
+            self.palette.to(self.device)
+            self.teacher_view.norm_inputs = []
+        return self.palette
+
     def _with_image_priors(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Colour-jitter synthetic ``images`` and replace the last ``procedural_fraction`` of them
         with dead-leaves images (``image_priors.py``)."""
         images = colour_jitter(images, self.cfg.colour_jitter, generator)
         procedural = int(round(images.shape[0] * self.cfg.procedural_fraction))
         if procedural:
-            leaves = dead_leaves(procedural, self.image_size, generator, channels=self.in_chans,
-                                 textured=self.cfg.procedural_style == "textured")
+            leaves = self._dead_leaves(procedural, generator)
             images = torch.cat([images[:images.shape[0] - procedural], leaves.to(images.device)])
         return images
 
@@ -762,6 +810,11 @@ class DataFreeDistiller:
         self.opt_s.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_s.step()
+        if self.anchor is not None:
+            with torch.no_grad():
+                pull = self.opt_s.param_groups[0]["lr"] * cfg.anchor_decay
+                for param, start in zip(self.student.parameters(), self.anchor):
+                    param.sub_(pull * (param - start))
         self.sched_s.step()
         if self.student_ema is not None:
             with torch.no_grad():
@@ -786,6 +839,8 @@ class DataFreeDistiller:
             self.load_checkpoint(self.out_dir / CHECKPOINT_NAME)
         start = time.perf_counter()
         elapsed_before = self.elapsed_s
+        if cfg.procedural_fraction and cfg.procedural_palette == "teacher":
+            self._fitted_palette()
         if self.warmup_done < cfg.warmup_generator_steps:
             for _ in tqdm(range(self.warmup_done, cfg.warmup_generator_steps), desc="data-free warm-up",
                           disable=not self.show_progress, leave=False):
@@ -867,7 +922,9 @@ class DataFreeDistiller:
             "step": self.step, "warmup_done": self.warmup_done, "elapsed_s": self.elapsed_s,
             "generator": self.generator.state_dict(), "student": self.student.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_s": self.opt_s.state_dict(), "sched_s": self.sched_s.state_dict(),
-            "student_ema": self.student_ema, "bank": self.bank.state_dict(),
+            "student_ema": self.student_ema, "anchor": self.anchor,
+            "palette": None if self.palette is None else self.palette.state_dict(),
+            "palette_losses": self.palette_losses, "bank": self.bank.state_dict(),
             "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "history": self.history,
         }
@@ -892,6 +949,15 @@ class DataFreeDistiller:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_s.load_state_dict(state["opt_s"])
         self.sched_s.load_state_dict(state["sched_s"])
+        if state.get("palette") is not None:
+            self.palette = ColourTransform(self.in_chans).requires_grad_(False).eval()
+            self.palette.load_state_dict(state["palette"])
+            self.palette.to(self.device)
+            self.palette_losses = list(state.get("palette_losses", []))
+        if self.anchor is not None:
+            if state.get("anchor") is None:
+                raise ValueError(f"{path} was written without anchor_decay; resume it with anchor_decay: 0")
+            self.anchor = [p.clone() for p in state["anchor"]]
         if self.student_ema is not None:
             if state.get("student_ema") is None:
                 raise ValueError(f"{path} was written without student_ema; resume it with student_ema: 0")
