@@ -148,6 +148,7 @@ def test_student_loss_falls_on_fixed_seed(tmp_path):
 
 @pytest.mark.parametrize("options", [{}, {"augment_mode": "crop"},
                                      {"procedural_fraction": 0.25}, {"mosaic_fraction": 0.5}, {"student_ema": 0.9}, {"anchor_decay": 5.0},
+                                     {"frozen_student": ("backbone.patch_embed", "backbone.pos_embed")},
                                      {"procedural_fraction": 0.5, "procedural_palette": "teacher", "palette_fit_steps": 3},
                                      {"generator_canvas": "dead_leaves", "canvas_residual": 0.5}])
 def test_resume_reaches_the_same_state(tmp_path, options):
@@ -189,6 +190,25 @@ def test_student_ema_becomes_the_student(tmp_path):
     assert changed, "the returned student should be the average, not the last step's weights"
     with pytest.raises(ValueError, match="student_ema"):
         DataFreeConfig.from_dict({"student_ema": 1.0})
+
+
+def test_frozen_student_parameters_keep_their_start(tmp_path):
+    teacher, student = _pair(seed=2)
+    initial = {k: v.clone() for k, v in student.named_parameters()}
+    cfg = DataFreeConfig.from_dict({**vars(_tiny_cfg(steps=2)), "frozen_student": ["backbone.patch_embed"]})
+    assert cfg.frozen_student == ("backbone.patch_embed",)     # YAML lists become tuples
+    DataFreeDistiller(teacher, student, cfg, tmp_path, show_progress=False).fit()
+    frozen = [k for k in initial if k.startswith("backbone.patch_embed")]
+    assert frozen
+    for name, value in student.named_parameters():
+        if name in frozen:
+            assert torch.equal(value, initial[name]), f"{name} moved although frozen"
+    assert any(not torch.equal(v, initial[k]) for k, v in student.named_parameters() if k not in frozen)
+    with pytest.raises(ValueError, match="'backbone.patch_embd' matches no parameter"):
+        DataFreeDistiller(teacher, student, _tiny_cfg(frozen_student=("backbone.patch_embd",)), tmp_path / "x",
+                          show_progress=False)
+    with pytest.raises(ValueError, match="list of parameter-name prefixes"):
+        DataFreeConfig.from_dict({"frozen_student": "backbone.patch_embed"})
 
 
 def test_detection_student_imitates_dense_outputs(tmp_path):

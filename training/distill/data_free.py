@@ -94,6 +94,9 @@ class DataFreeConfig:
     # decoupled pull of the student's weights towards their starting values (L2-SP), per unit
     # of learning rate like weight decay: a weight-selected student keeps more of the teacher
     anchor_decay: float = 0.0
+    # parameter-name prefixes of the student kept at their starting values (e.g. "backbone.patch_embed"):
+    # a weight-selected student keeps the teacher's low-level filters, which synthetic images distort most
+    frozen_student: Tuple[str, ...] = ()
     lr_generator: float = 1e-3
     weight_decay: float = 0.05
     temperature: float = 4.0
@@ -176,7 +179,10 @@ class DataFreeConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown data-free option(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**dict(values))
+        values = dict(values)
+        if isinstance(values.get("frozen_student"), list):   # YAML gives lists
+            values["frozen_student"] = tuple(values["frozen_student"])
+        cfg = cls(**values)
         cfg.validate()
         return cfg
 
@@ -188,6 +194,8 @@ class DataFreeConfig:
         for name in ("generator_steps", "warmup_generator_steps", "memory_bank_size", "max_shift"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if isinstance(self.frozen_student, str) or not all(isinstance(p, str) for p in self.frozen_student):
+            raise ValueError(f"frozen_student must be a list of parameter-name prefixes, got {self.frozen_student!r}")
         if self.anchor_decay < 0:
             raise ValueError(f"anchor_decay must be >= 0, got {self.anchor_decay}")
         if not 0.0 <= self.student_ema < 1.0:
@@ -554,7 +562,8 @@ class DataFreeDistiller:
             output_affine=self.cfg.generator_output_affine, canvas=self.cfg.generator_canvas != "none",
             canvas_residual=self.cfg.canvas_residual).to(self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_generator, betas=(0.5, 0.999))
-        self.opt_s = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr_student,
+        trained = self._trainable_student_parameters()
+        self.opt_s = torch.optim.AdamW(trained, lr=self.cfg.lr_student,
                                        weight_decay=self.cfg.weight_decay)
         self.sched_s = torch.optim.lr_scheduler.LambdaLR(self.opt_s, _budget_factor(self.cfg.steps))
         self.anchor = [p.detach().clone() for p in student.parameters()] if self.cfg.anchor_decay else None
@@ -575,6 +584,15 @@ class DataFreeDistiller:
         self._grid_canvas = self._sample_canvas(64, grid_rng)
 
     # ---------------------------------------------------------------- setup helpers
+    def _trainable_student_parameters(self) -> List[nn.Parameter]:
+        """The student's parameters minus those named by ``frozen_student`` (each prefix must match)."""
+        named = list(self.student.named_parameters())
+        for prefix in self.cfg.frozen_student:
+            if not any(name.startswith(prefix) for name, _ in named):
+                raise ValueError(f"frozen_student prefix {prefix!r} matches no parameter of the student; "
+                                 f"its parameters start with {sorted({n.split('.')[0] for n, _ in named})}")
+        return [p for name, p in named if not name.startswith(tuple(self.cfg.frozen_student))]
+
     @torch.no_grad()
     def _probe_num_classes(self) -> int:
         out, _ = self.teacher_view(torch.full((1, self.in_chans, self.image_size, self.image_size), 0.5,
@@ -807,7 +825,7 @@ class DataFreeDistiller:
             terms["inherited"] = cfg.w_inherited_tokens * inherited_token_loss(
                 self.student_view.norm_inputs, teacher_norm_inputs, self.inherited_channels)
         loss = torch.stack(list(terms.values())).sum()
-        self.opt_s.zero_grad(set_to_none=True)
+        self.student.zero_grad(set_to_none=True)   # frozen parameters too: they are not in opt_s
         loss.backward()
         self.opt_s.step()
         if self.anchor is not None:
