@@ -238,6 +238,23 @@ def _micro_detection_distiller(out_dir: Path, **options) -> DataFreeDistiller:
     return DataFreeDistiller(teacher, student, cfg, out_dir, task="detection", show_progress=False)
 
 
+def test_pasted_objects_are_the_teachers_detections(tmp_path):
+    distiller = _micro_detection_distiller(tmp_path, procedural_fraction=0.5, paste_objects=3, paste_threshold=0.0)
+    fresh = distiller.synthesize(4)
+    boxes = distiller._teacher_boxes(fresh)
+    assert len(boxes) == 4 and all(b.shape[1] == 4 for b in boxes)
+    assert sum(len(b) for b in boxes) > 0          # threshold 0: every decoded box counts
+    rng = torch.Generator().manual_seed(0)
+    plain = distiller._with_image_priors(fresh, torch.Generator().manual_seed(0))
+    pasted = distiller._with_image_priors(fresh, rng, objects_from=fresh)
+    assert torch.equal(pasted[:2], plain[:2])      # the generator's half is untouched
+    assert not torch.equal(pasted[2:], plain[2:])  # the dead-leaves half carries pasted crops
+    distiller.fit()
+    assert torch.isfinite(torch.tensor(distiller.history[-1]["s_kl"]))
+    with pytest.raises(ValueError, match="needs task 'detection'"):
+        DataFreeDistiller(*_pair(), _tiny_cfg(paste_objects=2), tmp_path / "c", show_progress=False)
+
+
 def test_detection_peaks_prior_and_focal_student_loss(tmp_path):
     distiller = _micro_detection_distiller(tmp_path, detection_prior="peaks", target_objects=3,
                                            heatmap_focal_gamma=2.0, augment_mode="crop")

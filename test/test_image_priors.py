@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from evit_training.distill.image_priors import colour_jitter, dead_leaves, spectral_noise  # noqa: E402
+from evit_training.distill.image_priors import colour_jitter, dead_leaves, paste_boxes, spectral_noise  # noqa: E402
 
 
 def test_dead_leaves_shape_range_and_seed():
@@ -104,3 +104,23 @@ def test_colour_jitter_hue_rotation_moves_colour_between_channels():
     dominant = out.mean((2, 3)).argmax(1)
     assert len(torch.unique(dominant)) == 3        # across 64 draws, each channel dominates somewhere
     assert math.isfinite(float(out.sum()))
+
+
+def test_paste_boxes_copies_widened_box_crops_onto_the_canvas():
+    canvas = torch.zeros(3, 3, 32, 32)
+    sources = torch.zeros(2, 3, 32, 32)
+    sources[1, :, 10:14, 20:24] = 1.0                      # one 4x4 "object" in source 1
+    boxes = [torch.zeros(0, 4), torch.tensor([[20.0, 10.0, 24.0, 14.0]])]
+    out = paste_boxes(canvas, sources, boxes, per_image=2, generator=torch.Generator().manual_seed(0), margin=2.0)
+    assert canvas.abs().sum() == 0                           # the input is left alone
+    for image in out:
+        # Every pasted crop is the 8x8 window around the object: the object itself, 16 pixels.
+        assert 16 <= int(image[0].sum()) <= 32
+        ys, xs = torch.nonzero(image[0], as_tuple=True)
+        assert int(ys.max() - ys.min()) >= 3 and int(xs.max() - xs.min()) >= 3
+    empty = paste_boxes(canvas, sources, [torch.zeros(0, 4)] * 2, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(empty, canvas)
+    with pytest.raises(ValueError, match="box sets"):
+        paste_boxes(canvas, sources, boxes[:1], 1, torch.Generator())
+    with pytest.raises(ValueError, match="differ in image shape"):
+        paste_boxes(canvas, sources[:, :, :16], boxes, 1, torch.Generator())

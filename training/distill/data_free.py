@@ -58,7 +58,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from evit_training.distill.generator import TransformerGenerator
-from evit_training.distill.image_priors import colour_jitter, dead_leaves
+from evit_training.distill.image_priors import colour_jitter, dead_leaves, paste_boxes
 from evit_training.distill.palette import ColourTransform, fit_colour_transform
 from evit_training.distill.token_statistics import check_fits, record_token_statistics, token_statistics
 
@@ -160,6 +160,10 @@ class DataFreeConfig:
     # "random": colours uniform in the RGB cube; "teacher": a colour map fitted once to the
     # teacher's token statistics (palette.py), which recovers its training data's palette
     procedural_palette: str = "random"
+    # detection: the teacher's detections (score > paste_threshold) in the fresh generator images,
+    # cropped and pasted this many times onto every procedural image: objects on textured ground
+    paste_objects: int = 0
+    paste_threshold: float = 0.3
     palette_fit_steps: int = 100
     colour_jitter: float = 0.0
     # statistics prior targets: "teacher" = the token statistics stored in the teacher's
@@ -191,7 +195,7 @@ class DataFreeConfig:
         for name in ("steps", "batch_size", "student_steps", "grid_every", "checkpoint_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("generator_steps", "warmup_generator_steps", "memory_bank_size", "max_shift"):
+        for name in ("generator_steps", "warmup_generator_steps", "memory_bank_size", "max_shift", "paste_objects"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if isinstance(self.frozen_student, str) or not all(isinstance(p, str) for p in self.frozen_student):
@@ -201,7 +205,7 @@ class DataFreeConfig:
         if not 0.0 <= self.student_ema < 1.0:
             raise ValueError(f"student_ema must be in [0, 1), got {self.student_ema}")
         for name in ("memory_fraction", "cutmix_prob", "mosaic_fraction", "pseudo_label_threshold",
-                     "procedural_fraction", "colour_jitter"):
+                     "paste_threshold", "procedural_fraction", "colour_jitter"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -529,6 +533,8 @@ class DataFreeDistiller:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.cfg = cfg or DataFreeConfig()
         self.cfg.validate()
+        if self.cfg.paste_objects and task != "detection":
+            raise ValueError("paste_objects pastes the teacher's detections: it needs task 'detection'")
         self.task = task
         self.out_dir = Path(out_dir)
         self.resume = resume
@@ -682,15 +688,29 @@ class DataFreeDistiller:
             self.teacher_view.norm_inputs = []
         return self.palette
 
-    def _with_image_priors(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _with_image_priors(self, images: torch.Tensor, generator: torch.Generator,
+                           objects_from: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Colour-jitter synthetic ``images`` and replace the last ``procedural_fraction`` of them
-        with dead-leaves images (``image_priors.py``)."""
+        with dead-leaves images (``image_priors.py``), carrying ``paste_objects`` of the
+        teacher's detections in ``objects_from`` (fresh generator images) each."""
         images = colour_jitter(images, self.cfg.colour_jitter, generator)
         procedural = int(round(images.shape[0] * self.cfg.procedural_fraction))
         if procedural:
             leaves = self._dead_leaves(procedural, generator)
+            if self.cfg.paste_objects and objects_from is not None:
+                leaves = paste_boxes(leaves.to(objects_from.device), objects_from, self._teacher_boxes(objects_from),
+                                     self.cfg.paste_objects, generator)
             images = torch.cat([images[:images.shape[0] - procedural], leaves.to(images.device)])
         return images
+
+    @torch.no_grad()
+    def _teacher_boxes(self, images: torch.Tensor) -> List[torch.Tensor]:
+        """Per image, the teacher's boxes ``(N, 4)`` in pixels scoring above ``paste_threshold``."""
+        from evit_training.models.decode import decode_detections
+
+        out = self.teacher(images)
+        rows = decode_detections({k: out[k].float() for k in ("heatmap", "size", "offset")}, int(self.teacher.stride))
+        return [r[r[:, 4] > self.cfg.paste_threshold, :4] for r in rows]
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -813,7 +833,7 @@ class DataFreeDistiller:
             if from_bank:
                 batch = torch.cat([batch, self.bank.sample(from_bank, self.rng).to(fresh.device)])
             self.bank.push(fresh)
-            batch = self._augment(self._with_image_priors(batch, self.rng))
+            batch = self._augment(self._with_image_priors(batch, self.rng, objects_from=fresh))
             t_out, t_tokens = self.teacher_view(batch)
             teacher_norm_inputs = self.teacher_view.norm_inputs
         self.student.train()
@@ -926,7 +946,8 @@ class DataFreeDistiller:
         from torchvision.utils import save_image
 
         rng = torch.Generator().manual_seed(self.cfg.seed + 3)
-        images = self._with_image_priors(self.synthesize(count, generator=rng), rng)
+        fresh = self.synthesize(count, generator=rng)
+        images = self._with_image_priors(fresh, rng, objects_from=fresh)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(images, path, nrow=8, padding=1)

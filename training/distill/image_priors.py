@@ -14,13 +14,16 @@ neither of which looks at any real data:
   spectrum in a two-colour palette, terrain-like texture at every scale; with
   ``dead_leaves(..., textured=True)`` it becomes the ground the shapes lie on and the surface
   texture of every shape.
+* :func:`paste_boxes`: crops of given boxes pasted at random places, so procedural ground
+  can carry the objects a teacher found in other images (small objects on textured ground,
+  as in aerial scenes).
 * :func:`colour_jitter`: per-image brightness, contrast, saturation and hue rotation, so the
   student sees the generator's layouts in colours the generator never settled on.
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 
@@ -140,3 +143,35 @@ def colour_jitter(images: torch.Tensor, strength: float, generator: torch.Genera
     out = mean + contrast.to(device, dtype) * (out - mean)
     return (out * brightness.to(device, dtype)).clamp(0.0, 1.0)
 
+
+
+def paste_boxes(canvas: torch.Tensor, sources: torch.Tensor, boxes: Sequence[torch.Tensor], per_image: int,
+                generator: torch.Generator, margin: float = 1.5, min_side: int = 4) -> torch.Tensor:
+    """``canvas`` with ``per_image`` crops pasted at uniform random places on every image.
+
+    Each crop is cut from ``sources[i]`` around a box of ``boxes[i]`` (``(N, 4)`` x0, y0, x1,
+    y1 in pixels), widened by ``margin`` so the object keeps some of its surroundings, at least
+    ``min_side`` and at most half the image on a side; boxes are drawn uniformly from all
+    sources' boxes. With no box at all the canvas comes back unchanged (a copy).
+    """
+    if canvas.shape[1:] != sources.shape[1:]:
+        raise ValueError(f"canvas {tuple(canvas.shape)} and sources {tuple(sources.shape)} differ in image shape")
+    if len(boxes) != sources.shape[0]:
+        raise ValueError(f"{len(boxes)} box sets for {sources.shape[0]} source images")
+    out = canvas.clone()
+    pool = [(i, box) for i, rows in enumerate(boxes) for box in rows.tolist()]
+    if not pool or per_image <= 0:
+        return out
+    _, _, h, w = canvas.shape
+    picks = torch.randint(len(pool), (canvas.shape[0], per_image), generator=generator).tolist()
+    for k, row in enumerate(picks):
+        for j in row:
+            i, (x0, y0, x1, y1) = pool[j]
+            bw = int(min(max(round((x1 - x0) * margin), min_side), w // 2))
+            bh = int(min(max(round((y1 - y0) * margin), min_side), h // 2))
+            sx = int(min(max(round((x0 + x1 - bw) / 2), 0), w - bw))
+            sy = int(min(max(round((y0 + y1 - bh) / 2), 0), h - bh))
+            tx = int(torch.randint(0, w - bw + 1, (1,), generator=generator))
+            ty = int(torch.randint(0, h - bh + 1, (1,), generator=generator))
+            out[k, :, ty:ty + bh, tx:tx + bw] = sources[i, :, sy:sy + bh, sx:sx + bw].to(out.device)
+    return out
