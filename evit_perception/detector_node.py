@@ -39,6 +39,7 @@ from evit_perception.diagnostics import DetectorHealth
 from evit_perception.frame_slot import FrameSlot
 from evit_perception.image_conversion import ImageConversionError, compressed_to_bgr, image_to_bgr
 from evit_perception.model_contract import ModelContractError, class_index
+from evit_perception.shutdown import spin_until_shutdown
 from evit_perception.node_parameters import SPECS, check_parameter, declare_parameters
 from evit_perception.qos import (camera_qos, describe_qos, incompatibility_reason,
                                  reliability_for_publishers)
@@ -47,12 +48,6 @@ try:  # rclpy >= Iron
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Foxy, Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
-
-try:
-    from rclpy.executors import ExternalShutdownException
-except ImportError:  # Foxy
-    class ExternalShutdownException(Exception):  # type: ignore[no-redef]
-        """Never raised on distributions that lack it."""
 
 # rclpy >= Iron hands subscription callbacks the message info (sequence numbers) on request.
 _MESSAGE_INFO = hasattr(getattr(rclpy.subscription, "Subscription", None), "CallbackType")
@@ -435,8 +430,8 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     node: Optional[DetectorNode] = None
     try:
         node = DetectorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        spin_until_shutdown(node)
+    except KeyboardInterrupt:   # Ctrl-C while the node was still starting
         pass
     finally:
         if node is not None:

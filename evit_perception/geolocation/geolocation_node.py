@@ -26,7 +26,6 @@ import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseArray, PoseStamped, Quaternion
 from nav_msgs.msg import Odometry
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -43,6 +42,7 @@ from .frames import (CameraMount, RigidTransform, ENU_NED, matrix_to_quaternion,
 from .ground_projection import (agl_from_range, ground_contact_pixels, horizontal_covariance,
                                 project_pixels_to_ground)
 from .stamp_matching import PoseBuffer, StampedBuffer, stamp_to_ns
+from ..shutdown import spin_until_shutdown
 from .warning_throttle import ThrottledWarnings
 
 POSE_TYPES = ("pose_stamped", "odometry")
@@ -451,8 +451,8 @@ def main(args: Optional[List[str]] = None) -> None:
     node = None
     try:
         node = GeolocationNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        spin_until_shutdown(node)
+    except KeyboardInterrupt:   # Ctrl-C while the node was still starting
         pass
     except ValueError as exc:  # a configuration error: say which, without a traceback
         rclpy.logging.get_logger("evit_geolocation").fatal("invalid configuration: %s" % exc)
