@@ -39,10 +39,10 @@ from evit_perception.diagnostics import DetectorHealth
 from evit_perception.frame_slot import FrameSlot
 from evit_perception.image_conversion import ImageConversionError, compressed_to_bgr, image_to_bgr
 from evit_perception.model_contract import ModelContractError, class_index
-from evit_perception.shutdown import spin_until_shutdown
 from evit_perception.node_parameters import SPECS, check_parameter, declare_parameters
 from evit_perception.qos import (camera_qos, describe_qos, incompatibility_reason,
                                  reliability_for_publishers)
+from evit_perception.shutdown import spin_until_shutdown
 
 try:  # rclpy >= Iron
     from rclpy.event_handler import SubscriptionEventCallbacks

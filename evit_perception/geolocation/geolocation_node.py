@@ -42,8 +42,8 @@ from .frames import (CameraMount, RigidTransform, ENU_NED, matrix_to_quaternion,
 from .ground_projection import (agl_from_range, ground_contact_pixels, horizontal_covariance,
                                 project_pixels_to_ground)
 from .stamp_matching import PoseBuffer, StampedBuffer, stamp_to_ns
-from ..shutdown import spin_until_shutdown
 from .warning_throttle import ThrottledWarnings
+from ..shutdown import spin_until_shutdown
 
 POSE_TYPES = ("pose_stamped", "odometry")
 POSE_CONVENTIONS = ("enu_flu", "ned_frd")

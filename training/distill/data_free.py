@@ -160,11 +160,11 @@ class DataFreeConfig:
     # "random": colours uniform in the RGB cube; "teacher": a colour map fitted once to the
     # teacher's token statistics (palette.py), which recovers its training data's palette
     procedural_palette: str = "random"
+    palette_fit_steps: int = 100
     # detection: the teacher's detections (score > paste_threshold) in the fresh generator images,
     # cropped and pasted this many times onto every procedural image: objects on textured ground
     paste_objects: int = 0
     paste_threshold: float = 0.3
-    palette_fit_steps: int = 100
     colour_jitter: float = 0.0
     # statistics prior targets: "teacher" = the token statistics stored in the teacher's
     # checkpoint (recorded on its training data, see token_statistics.py); "noise" = recorded
@@ -382,6 +382,16 @@ def heatmap_peak_priors(heatmap_logits: torch.Tensor, target_objects: int) -> Tu
 
 
 @torch.no_grad()
+def confident_detections(t_out: Mapping[str, torch.Tensor], stride: int, threshold: float) -> List[torch.Tensor]:
+    """Per image, the decoded detections ``(N, 6)`` (x0, y0, x1, y1 in pixels, score, class)
+    of dense outputs ``t_out`` scoring above ``threshold``."""
+    from evit_training.models.decode import decode_detections
+
+    rows = decode_detections({k: t_out[k].float() for k in ("heatmap", "size", "offset")}, stride)
+    return [r[r[:, 4] > threshold] for r in rows]
+
+
+@torch.no_grad()
 def pseudo_label_targets(t_out: Mapping[str, torch.Tensor], stride: int, threshold: float) -> Dict[str, torch.Tensor]:
     """The teacher's detections scoring above ``threshold`` drawn as CenterNet training
     targets (Gaussian heatmap peaks, size and offset at the centre cells), on its device.
@@ -391,11 +401,9 @@ def pseudo_label_targets(t_out: Mapping[str, torch.Tensor], stride: int, thresho
     own boxes, so no label is needed.
     """
     from evit_training.engine.losses import encode_targets
-    from evit_training.models.decode import decode_detections
 
-    rows = decode_detections({k: t_out[k].float() for k in ("heatmap", "size", "offset")}, stride)
-    keep = rows[..., 4] > threshold
-    boxes = [{"boxes": r[m, :4].cpu(), "labels": r[m, 5].long().cpu()} for r, m in zip(rows, keep)]
+    boxes = [{"boxes": r[:, :4].cpu(), "labels": r[:, 5].long().cpu()}
+             for r in confident_detections(t_out, stride, threshold)]
     heat = t_out["heatmap"]
     encoded = encode_targets(boxes, heat.shape[1], heat.shape[-1], stride)
     return {k: v.to(heat.device) for k, v in encoded.items()}
@@ -568,8 +576,7 @@ class DataFreeDistiller:
             output_affine=self.cfg.generator_output_affine, canvas=self.cfg.generator_canvas != "none",
             canvas_residual=self.cfg.canvas_residual).to(self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_generator, betas=(0.5, 0.999))
-        trained = self._trainable_student_parameters()
-        self.opt_s = torch.optim.AdamW(trained, lr=self.cfg.lr_student,
+        self.opt_s = torch.optim.AdamW(self._trainable_student_parameters(), lr=self.cfg.lr_student,
                                        weight_decay=self.cfg.weight_decay)
         self.sched_s = torch.optim.lr_scheduler.LambdaLR(self.opt_s, _budget_factor(self.cfg.steps))
         self.anchor = [p.detach().clone() for p in student.parameters()] if self.cfg.anchor_decay else None
@@ -706,11 +713,8 @@ class DataFreeDistiller:
     @torch.no_grad()
     def _teacher_boxes(self, images: torch.Tensor) -> List[torch.Tensor]:
         """Per image, the teacher's boxes ``(N, 4)`` in pixels scoring above ``paste_threshold``."""
-        from evit_training.models.decode import decode_detections
-
-        out = self.teacher(images)
-        rows = decode_detections({k: out[k].float() for k in ("heatmap", "size", "offset")}, int(self.teacher.stride))
-        return [r[r[:, 4] > self.cfg.paste_threshold, :4] for r in rows]
+        rows = confident_detections(self.teacher(images), int(self.teacher.stride), self.cfg.paste_threshold)
+        return [r[:, :4] for r in rows]
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

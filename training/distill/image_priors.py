@@ -144,7 +144,6 @@ def colour_jitter(images: torch.Tensor, strength: float, generator: torch.Genera
     return (out * brightness.to(device, dtype)).clamp(0.0, 1.0)
 
 
-
 def paste_boxes(canvas: torch.Tensor, sources: torch.Tensor, boxes: Sequence[torch.Tensor], per_image: int,
                 generator: torch.Generator, margin: float = 1.5, min_side: int = 4) -> torch.Tensor:
     """``canvas`` with ``per_image`` crops pasted at uniform random places on every image.
