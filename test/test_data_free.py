@@ -4,6 +4,7 @@ Tiny timm ViTs run real generator and student steps on CPU; nothing is mocked.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,101 @@ def test_student_loss_falls_on_fixed_seed(tmp_path):
     assert last < first, (first, last)
 
 
+def test_layout_generator_draws_where_the_layout_says():
+    from evit_training.distill.layout import layout_masks, sample_layouts
+
+    torch.manual_seed(0)
+    gen = TransformerGenerator(image_size=64, out_chans=3, patch_size=16, latent_dim=8, embed_dim=16, depth=1,
+                               num_heads=2, decoder="conv", layout_chans=3, output_affine=True)
+    rng = torch.Generator().manual_seed(0)
+    layouts = sample_layouts(4, 64, 3, rng, objects=(1, 3), sides=(8, 24))
+    masks = layout_masks(layouts, 3, 64)
+    latent = gen.sample_latent(4, rng)
+    images = gen(latent, layout=masks)
+    assert images.shape == (4, 3, 64, 64) and images.min() >= 0.0 and images.max() <= 1.0
+    assert not torch.allclose(images, gen(latent, layout=masks.flip(0)))   # the layout, not only the latent, decides
+    images.mean().backward()
+    for module in (gen.layout_embed, *gen.layout_stages):                   # token and every decoder stage
+        assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="draws a layout"):
+        gen(latent)
+    with pytest.raises(ValueError, match="without layout_chans"):
+        TransformerGenerator(image_size=64, patch_size=16, latent_dim=8, embed_dim=16, depth=1, num_heads=2,
+                             decoder="conv")(latent, layout=masks)
+    with pytest.raises(ValueError, match="conv decoder"):
+        TransformerGenerator(image_size=64, patch_size=16, decoder="linear", layout_chans=3)
+
+
+def test_layout_generator_learns_what_the_teacher_should_detect():
+    # A fixed batch of layouts: the generator lowers the teacher's CenterNet loss against them.
+    models = pytest.importorskip("evit_training.models")
+    from evit_training.distill.layout import layout_masks, sample_layouts
+    from evit_training.engine.losses import detection_loss, encode_targets
+
+    torch.manual_seed(0)
+    teacher = models.create_detector("test_micro").eval().requires_grad_(False)
+    rng = torch.Generator().manual_seed(0)
+    layouts = sample_layouts(8, 64, 3, rng, objects=(1, 3), sides=(8, 24))
+    masks, targets = layout_masks(layouts, 3, 64), encode_targets(layouts, 3, 16, int(teacher.stride))
+    gen = TransformerGenerator(image_size=64, out_chans=3, patch_size=16, latent_dim=8, embed_dim=16, depth=1,
+                               num_heads=2, decoder="conv", layout_chans=3, output_affine=True)
+    latent = gen.sample_latent(8, rng)
+    opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = detection_loss(teacher(gen(latent, layout=masks)), targets)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] - 0.04, losses
+
+
+def test_layout_prior_is_the_teachers_detection_loss_on_the_sampled_boxes(tmp_path):
+    from evit_training.engine.losses import detection_loss, encode_targets
+
+    distiller = _micro_detection_distiller(tmp_path, detection_prior="layout", layout_objects=[1, 4],
+                                           layout_sides=[6, 20])
+    assert distiller.generator.layout_chans == distiller.num_classes == 3
+    images, _, layouts = distiller._generate(4)
+    assert len(layouts) == 4 and all(1 <= len(l["labels"]) <= 4 for l in layouts)
+    with torch.no_grad():
+        t_out = distiller.teacher(images)
+        confidence, balance = distiller._teacher_priors(t_out, None, layouts)
+        expected = detection_loss(t_out, encode_targets(layouts, 3, t_out["heatmap"].shape[-1],
+                                                        int(distiller.teacher.stride)))["total"]
+    assert torch.allclose(confidence, expected) and float(balance) == 0.0
+    distiller.fit()
+    for key in ("s_kl", "g_confidence", "g_objects"):
+        assert torch.isfinite(torch.tensor(distiller.history[-1][key])), key
+    assert distiller.save_grid(tmp_path / "grid.png").is_file()
+    for name, value, match in (("layout_objects", [5, 2], "lo <= hi"), ("layout_objects", [1.5, 3], "whole"),
+                               ("layout_sides", [0.5, 8], "layout_sides"), ("layout_sides", 8, "pair"),
+                               ("layout_max_aspect", 0.5, "layout_max_aspect")):
+        with pytest.raises(ValueError, match=match):
+            DataFreeConfig.from_dict({"detection_prior": "layout", name: value})
+
+
+def test_layout_detection_run_resumes_to_the_same_state(tmp_path):
+    def run(out: Path, stops):
+        distiller = None
+        for stop in stops:
+            if distiller is not None:
+                distiller.close()
+            distiller = _micro_detection_distiller(out, detection_prior="layout", steps=4, checkpoint_every=100)
+            if stop == stops[-1] and len(stops) > 1:
+                torch.manual_seed(99)    # the resumed leg must take its state from the checkpoint
+            distiller.fit(until_step=stop)
+        return distiller
+
+    straight, resumed = run(tmp_path / "straight", [4]), run(tmp_path / "resumed", [2, 4])
+    for name in ("student", "generator"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}.{key} differs after resume"
+    assert [h["g_confidence"] for h in straight.history] == [h["g_confidence"] for h in resumed.history]
+
+
 @pytest.mark.parametrize("options", [{}, {"augment_mode": "crop"},
                                      {"procedural_fraction": 0.25}, {"mosaic_fraction": 0.5}, {"student_ema": 0.9}, {"anchor_decay": 5.0},
                                      {"frozen_student": ("backbone.patch_embed", "backbone.pos_embed")},
@@ -234,7 +330,8 @@ def _micro_detection_distiller(out_dir: Path, **options) -> DataFreeDistiller:
     torch.manual_seed(0)
     teacher = models.create_detector("test_micro")
     student = models.create_detector("test_micro", embed_dim=16)
-    cfg = _tiny_cfg(steps=2, batch_size=4, grid_every=4, memory_bank_size=8, generator_patch_size=16, **options)
+    base = dict(steps=2, batch_size=4, grid_every=4, memory_bank_size=8, generator_patch_size=16)
+    cfg = DataFreeConfig.from_dict({**dataclasses.asdict(_tiny_cfg()), **base, **options})
     return DataFreeDistiller(teacher, student, cfg, out_dir, task="detection", show_progress=False)
 
 

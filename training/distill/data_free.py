@@ -59,12 +59,13 @@ from tqdm.auto import tqdm
 
 from evit_training.distill.generator import TransformerGenerator
 from evit_training.distill.image_priors import colour_jitter, dead_leaves, paste_boxes
+from evit_training.distill.layout import layout_masks, layout_range, sample_layouts
 from evit_training.distill.palette import ColourTransform, fit_colour_transform
 from evit_training.distill.token_statistics import check_fits, record_token_statistics, token_statistics
 
 TASKS = ("classification", "detection")
 AUGMENT_MODES = ("roll", "crop")
-DETECTION_PRIORS = ("topk", "peaks")
+DETECTION_PRIORS = ("topk", "peaks", "layout")
 STATS_SOURCES = ("auto", "teacher", "noise")
 STUDENT_INITS = ("random", "weight_selection")
 CANVASES = ("none", "dead_leaves")
@@ -128,8 +129,13 @@ class DataFreeConfig:
     # detection priors: "topk" = the strongest 4 cells of the most confident class;
     # "peaks" = `target_objects` local maxima per image confident, the rest of the map quiet,
     # class balance over those peaks
+    # "layout" = boxes sampled per image (layout.py) are an input of the generator and the
+    # teacher's detection loss against them its objective (DIODE-style); no class balance term
     detection_prior: str = "topk"
     target_objects: int = 4
+    layout_objects: Tuple[int, int] = (2, 10)        # "layout": fewest, most objects per image
+    layout_sides: Tuple[float, float] = (8.0, 64.0)  # "layout": box sides in pixels, log-uniform
+    layout_max_aspect: float = 2.0                   # "layout": width/height within [1/this, this]
     # student loss weights
     w_kl: float = 1.0
     heatmap_focal_gamma: float = 0.0    # detection: weight heatmap KD cells by |p_student - p_teacher|^gamma
@@ -184,8 +190,9 @@ class DataFreeConfig:
         if unknown:
             raise ValueError(f"unknown data-free option(s) {unknown}; known: {sorted(known)}")
         values = dict(values)
-        if isinstance(values.get("frozen_student"), list):   # YAML gives lists
-            values["frozen_student"] = tuple(values["frozen_student"])
+        for name in ("frozen_student", "layout_objects", "layout_sides"):
+            if isinstance(values.get(name), list):   # YAML gives lists
+                values[name] = tuple(values[name])
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -218,6 +225,13 @@ class DataFreeConfig:
             raise ValueError(f"detection_prior must be one of {DETECTION_PRIORS}, got {self.detection_prior!r}")
         if self.target_objects < 1:
             raise ValueError(f"target_objects must be >= 1, got {self.target_objects}")
+        fewest, most = layout_range(self.layout_objects, "layout_objects")
+        if fewest < 0 or fewest != int(fewest) or most != int(most):
+            raise ValueError(f"layout_objects must be whole numbers [fewest, most] >= 0, got {self.layout_objects!r}")
+        if layout_range(self.layout_sides, "layout_sides")[0] < 1:
+            raise ValueError(f"layout_sides must be pixels >= 1, got {self.layout_sides!r}")
+        if self.layout_max_aspect < 1:
+            raise ValueError(f"layout_max_aspect must be >= 1, got {self.layout_max_aspect}")
         if self.feature_stats_source not in STATS_SOURCES:
             raise ValueError(f"feature_stats_source must be one of {STATS_SOURCES}, got {self.feature_stats_source!r}")
         if self.generator_canvas not in CANVASES:
@@ -543,6 +557,7 @@ class DataFreeDistiller:
         self.cfg.validate()
         if self.cfg.paste_objects and task != "detection":
             raise ValueError("paste_objects pastes the teacher's detections: it needs task 'detection'")
+        self.layout = task == "detection" and self.cfg.detection_prior == "layout"
         self.task = task
         self.out_dir = Path(out_dir)
         self.resume = resume
@@ -574,7 +589,8 @@ class DataFreeDistiller:
             num_classes=self.num_classes if conditional else 0, upsample=self.cfg.generator_upsample,
             output_gain=self.cfg.generator_output_gain, decoder=self.cfg.generator_decoder,
             output_affine=self.cfg.generator_output_affine, canvas=self.cfg.generator_canvas != "none",
-            canvas_residual=self.cfg.canvas_residual).to(self.device)
+            canvas_residual=self.cfg.canvas_residual,
+            layout_chans=self.num_classes if self.layout else 0).to(self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_generator, betas=(0.5, 0.999))
         self.opt_s = torch.optim.AdamW(self._trainable_student_parameters(), lr=self.cfg.lr_student,
                                        weight_decay=self.cfg.weight_decay)
@@ -595,6 +611,7 @@ class DataFreeDistiller:
         self._grid_latent = self.generator.sample_latent(64, grid_rng)
         self._grid_labels = (torch.arange(64) % self.num_classes).to(self.device)
         self._grid_canvas = self._sample_canvas(64, grid_rng)
+        self._grid_layout, _ = self._sample_layout(64, grid_rng)
 
     # ---------------------------------------------------------------- setup helpers
     def _trainable_student_parameters(self) -> List[nn.Parameter]:
@@ -653,10 +670,21 @@ class DataFreeDistiller:
             return None
         return dead_leaves(count, self.image_size, generator, channels=self.in_chans).to(self.device)
 
-    def _generate(self, count: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``(images, labels)``: ``count`` fresh images from the generator (labels only when conditional)."""
+    def _sample_layout(self, count: int, generator: torch.Generator) -> Tuple[Optional[torch.Tensor], Optional[list]]:
+        """``(masks, layouts)`` for a layout-conditional generator (``detection_prior: layout``), else ``(None, None)``."""
+        if not self.layout:
+            return None, None
+        layouts = sample_layouts(count, self.image_size, self.num_classes, generator,
+                                 objects=tuple(int(n) for n in self.cfg.layout_objects),
+                                 sides=self.cfg.layout_sides, max_aspect=self.cfg.layout_max_aspect)
+        return layout_masks(layouts, self.num_classes, self.image_size).to(self.device), layouts
+
+    def _generate(self, count: int) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[list]]:
+        """``(images, labels, layouts)``: ``count`` fresh images from the generator (labels only
+        when conditional, layouts only when layout-conditional)."""
         latent, labels = self._sample_latent(count)
-        return self.generator(latent, labels, self._sample_canvas(count, self.rng)), labels
+        masks, layouts = self._sample_layout(count, self.rng)
+        return self.generator(latent, labels, self._sample_canvas(count, self.rng), masks), labels, layouts
 
     def _sample_latent(self, count: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         latent = self.generator.sample_latent(count, self.rng)
@@ -751,8 +779,10 @@ class DataFreeDistiller:
         box = ((t_out["size"] - s_out["size"]).abs() * weight).flatten(1).mean(1)
         return gap + box
 
-    def _teacher_priors(self, t_out: Any, labels: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(confidence loss, class-balance loss) from the teacher's outputs."""
+    def _teacher_priors(self, t_out: Any, labels: Optional[torch.Tensor],
+                        layouts: Optional[list] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(confidence loss, class-balance loss) from the teacher's outputs; with a layout, the
+        teacher's CenterNet loss against the sampled boxes, whose classes are balanced already."""
         if self.task == "classification":
             probs = F.softmax(t_out, 1)
             if labels is not None:
@@ -760,6 +790,12 @@ class DataFreeDistiller:
             else:
                 confidence = -(probs * F.log_softmax(t_out, 1)).sum(1).mean()
             mean = probs.mean(0)
+        elif layouts is not None:
+            from evit_training.engine.losses import detection_loss, encode_targets
+            heat = t_out["heatmap"]
+            targets = encode_targets(layouts, heat.shape[1], heat.shape[-1], int(self.teacher.stride))
+            confidence = detection_loss(t_out, {k: v.to(heat.device) for k, v in targets.items()})["total"]
+            return confidence, torch.zeros((), device=heat.device)
         elif self.cfg.detection_prior == "peaks":
             confidence, mean = heatmap_peak_priors(t_out["heatmap"], self.cfg.target_objects)
         else:
@@ -791,7 +827,7 @@ class DataFreeDistiller:
         """One generator update; ``adversarial=False`` uses the teacher priors only (warm-up)."""
         cfg = self.cfg
         self.generator.train()
-        images, labels = self._generate(cfg.batch_size)
+        images, labels, layouts = self._generate(cfg.batch_size)
         t_out, t_tokens = self.teacher_view(images)
         norm_inputs = self.teacher_view.norm_inputs
         terms: Dict[str, torch.Tensor] = {}
@@ -800,7 +836,7 @@ class DataFreeDistiller:
         if cfg.w_patch_similarity:
             entropy = torch.stack([patch_similarity_entropy(x, generator=self.rng) for x in norm_inputs]).mean()
             terms["patch_sim"] = -cfg.w_patch_similarity * entropy
-        confidence, balance = self._teacher_priors(t_out, labels)
+        confidence, balance = self._teacher_priors(t_out, labels, layouts)
         if cfg.w_confidence:
             terms["confidence"] = cfg.w_confidence * confidence
         if cfg.w_class_balance:
@@ -831,7 +867,7 @@ class DataFreeDistiller:
         with a share of dead-leaves images (``procedural_fraction``), augmented."""
         cfg = self.cfg
         with torch.no_grad():
-            fresh, _ = self._generate(cfg.batch_size)
+            fresh, _, _ = self._generate(cfg.batch_size)
             from_bank = int(round(cfg.batch_size * cfg.memory_fraction)) if self.bank.count else 0
             batch = fresh[:cfg.batch_size - from_bank]
             if from_bank:
@@ -922,8 +958,9 @@ class DataFreeDistiller:
         latent = self.generator.sample_latent(count, rng)
         if self.generator.num_classes and labels is None:
             labels = (torch.arange(count) % self.num_classes).to(self.device)
-        images = self.generator(latent, labels if self.generator.num_classes else None,
-                                self._sample_canvas(count, rng))
+        canvas = self._sample_canvas(count, rng)
+        images = self.generator(latent, labels if self.generator.num_classes else None, canvas,
+                                self._sample_layout(count, rng)[0])
         self.generator.train()
         return images
 
@@ -937,7 +974,7 @@ class DataFreeDistiller:
         was_training = self.generator.training
         self.generator.eval()
         images = self.generator(self._grid_latent, self._grid_labels if self.generator.num_classes else None,
-                                self._grid_canvas)
+                                self._grid_canvas, self._grid_layout)
         self.generator.train(was_training)
         save_image(images, path, nrow=8, padding=1)
         return path

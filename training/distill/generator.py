@@ -14,6 +14,11 @@ into the tokens, and the output is the canvas in logit space plus the generator'
 residual. The canvas brings colour, sharp edges and small parts that a generator trained for
 a few hundred steps never finds; the residual is what the teacher priors and the adversarial
 game shape.
+
+With ``layout_chans > 0`` the generator is told where to draw: a layout (per-class box masks,
+see ``layout.py``) is patch-embedded into the tokens like a canvas and, resized, added to the
+feature map of every conv-decoder stage, so a box far smaller than a token still gets pixels
+of its own.
 """
 from __future__ import annotations
 
@@ -53,14 +58,19 @@ class TransformerGenerator(nn.Module):
             ``forward`` and return ``sigmoid(logit(canvas) + canvas_residual * residual)``.
         canvas_residual: scale of the generator's residual on a canvas (its residual is
             batch-normalised, so 1 is a strong edit and 0.25 a light one).
+        layout_chans: > 0 makes the generator layout-conditional: ``forward`` takes a layout
+            ``(B, layout_chans, image_size, image_size)`` (needs the conv decoder).
     """
 
     def __init__(self, image_size: int = 32, out_chans: int = 3, patch_size: int = 4, latent_dim: int = 32,
                  embed_dim: int = 96, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0,
                  num_classes: int = 0, upsample: int = 1, output_gain: float = 1.0,
                  decoder: str = "linear", output_affine: bool = False, canvas: bool = False,
-                 canvas_residual: float = 1.0) -> None:
+                 canvas_residual: float = 1.0, layout_chans: int = 0) -> None:
         super().__init__()
+        if layout_chans < 0 or (layout_chans and decoder != "conv"):
+            raise ValueError(f"layout_chans must be >= 0 and needs the conv decoder; got {layout_chans} "
+                             f"with decoder {decoder!r}")
         if upsample < 1 or image_size % upsample:
             raise ValueError(f"upsample must be a positive divisor of image_size {image_size}, got {upsample}")
         if decoder not in DECODERS:
@@ -86,10 +96,14 @@ class TransformerGenerator(nn.Module):
         stride = image_size // self.grid
         self.canvas_embed = nn.Conv2d(out_chans, embed_dim, kernel_size=stride, stride=stride) if canvas else None
         self.canvas_residual = float(canvas_residual)
+        self.layout_chans = layout_chans
+        self.layout_embed = nn.Conv2d(layout_chans, embed_dim, kernel_size=stride, stride=stride) \
+            if layout_chans else None
         self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True)
                                       for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim)
         self.decoder = decoder
+        self.layout_stages: Optional[nn.ModuleList] = None
         if decoder == "linear":
             self.to_pixels = nn.Linear(embed_dim, out_chans * patch_size * patch_size)
         else:
@@ -105,6 +119,10 @@ class TransformerGenerator(nn.Module):
                 width = out_width
             layers.append(nn.Conv2d(width, out_chans, 3, padding=1))
             self.to_pixels = nn.Sequential(*layers)
+            # The layout enters each stage after its upsampling, at that stage's resolution.
+            widths = [m.in_channels for m in layers if isinstance(m, nn.Conv2d)][:stages]
+            self.layout_stages = nn.ModuleList(nn.Conv2d(layout_chans, w, 3, padding=1) for w in widths) \
+                if layout_chans else None
         self.smooth = nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1)
         self.output_norm = nn.BatchNorm2d(out_chans, affine=output_affine)
         trunc_normal_(self.pos_embed, std=0.02)
@@ -116,7 +134,7 @@ class TransformerGenerator(nn.Module):
             device or self.pos_embed.device)
 
     def forward(self, latent: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                canvas: Optional[torch.Tensor] = None) -> torch.Tensor:
+                canvas: Optional[torch.Tensor] = None, layout: Optional[torch.Tensor] = None) -> torch.Tensor:
         if latent.ndim != 3 or latent.shape[1:] != (self.num_tokens, self.latent_dim):
             raise ValueError(f"latent must be (B, {self.num_tokens}, {self.latent_dim}), got {tuple(latent.shape)}")
         tokens = self.latent_proj(latent) + self.pos_embed
@@ -128,6 +146,14 @@ class TransformerGenerator(nn.Module):
             tokens = tokens + self.canvas_embed(canvas).flatten(2).transpose(1, 2)
         elif canvas is not None:
             raise ValueError("canvas given to a generator built without canvas=True")
+        if self.layout_embed is not None:
+            expected = (latent.shape[0], self.layout_chans, self.image_size, self.image_size)
+            if layout is None or tuple(layout.shape) != expected:
+                raise ValueError(f"this generator draws a layout: pass layout {expected}, got "
+                                 f"{None if layout is None else tuple(layout.shape)}")
+            tokens = tokens + self.layout_embed(layout).flatten(2).transpose(1, 2)
+        elif layout is not None:
+            raise ValueError("layout given to a generator built without layout_chans")
         if self.class_embed is not None:
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass labels (B,)")
@@ -139,7 +165,7 @@ class TransformerGenerator(nn.Module):
             patches = patches.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
             image = F.pixel_shuffle(patches, self.patch_size)            # (B, C, H/u, W/u)
         else:
-            image = self.to_pixels(tokens.transpose(1, 2).reshape(b, -1, self.grid, self.grid))
+            image = self._decode(tokens.transpose(1, 2).reshape(b, -1, self.grid, self.grid), layout)
         if self.upsample > 1:
             image = F.interpolate(image, scale_factor=self.upsample, mode="bilinear", align_corners=False)
         image = image + self.smooth(image)
@@ -147,3 +173,16 @@ class TransformerGenerator(nn.Module):
         if self.canvas_embed is not None:
             return torch.sigmoid(torch.logit(canvas.clamp(0.01, 0.99)) + self.canvas_residual * residual)
         return torch.sigmoid(residual)
+
+    def _decode(self, features: torch.Tensor, layout: Optional[torch.Tensor]) -> torch.Tensor:
+        """The conv decoder, with the layout added after every upsampling when there is one."""
+        if self.layout_stages is None:
+            return self.to_pixels(features)
+        stage = 0
+        for module in self.to_pixels:
+            features = module(features)
+            if isinstance(module, nn.Upsample):
+                resized = F.adaptive_avg_pool2d(layout, features.shape[-2:])
+                features = features + self.layout_stages[stage](resized)
+                stage += 1
+        return features
