@@ -361,7 +361,10 @@ def write_outputs(rows: List[Dict[str, Any]], args, started: str) -> None:
              "on the held-out test split, which no tuning decision looked at.", "",
              "Detection: every arm is scored (mAP@0.5) on the val split of the synthetic set (seed 0, "
              f"{args.det_images} images, 20% val); the data-free detection settings were chosen on a separately "
-             "generated tuning set (seed 1, 300 scenes; 60 in earlier rounds), never on that val split.", "",
+             "generated tuning set (seed 1, 300 scenes; 60 in earlier rounds), never on that val split. Every "
+             f"detection student arm trains {args.det_steps} steps at batch {args.det_batch}: that budget is the "
+             "benchmark's, equal in every arm, not a data-free setting (docs/data_free_kd.md has the figures at "
+             "other budgets).", "",
              "| task | arm | accuracy (test) | accuracy (val) | mAP@0.5 | mAP@0.5:0.95 | student steps | real images "
              "| params | MACs | latency ms | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -439,6 +442,8 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
         ax.set_title(f"{task}: {label}\n(students at equal steps; label: value, wall-clock)", fontsize=9)
         ax.set_ylim(0, max(values + [1e-3]) * 1.25)
         ax.tick_params(axis="x", labelsize=8, labelrotation=30)
+        for tick in ax.get_xticklabels():   # right-aligned, so long arm names do not overlap
+            tick.set_horizontalalignment("right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
