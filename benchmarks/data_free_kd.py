@@ -392,7 +392,9 @@ def write_outputs(rows: List[Dict[str, Any]], args, started: str) -> None:
             threads = sorted({str(r.get("measured_threads") or "?") for r in old})
             lines += ["", f"{'Digits' if task == 'classification' else 'Detection'} rows carried over from the run "
                       f"of {', '.join(dates)} (`{flag}`; torch threads {', '.join(threads)} there)."]
-    lines += ["", "## Targets (issue #5)", ""]
+    lines += ["", "## Targets (issue #5)", "",
+              "Verdicts of this run on its own evaluation split; docs/data_free_kd.md weighs them against "
+              "the tuning set, other budgets and earlier runs.", ""]
     for v in verdicts:
         lines.append(f"- {v['task']}: data-free {v['metric']} {v['data_free']:.4f} = {100 * v['ratio_to_kd']:.1f}% "
                      f"of real-data KD ({v['kd_real']:.4f}); target >= 90%: "
