@@ -58,6 +58,9 @@ def test_layout_masks_mark_each_box_in_its_class_channel():
 def test_bad_layout_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample_layouts(2, 64, 3, torch.Generator(), **kwargs)
+
+
+def test_config_ranges_must_be_ordered_pairs():
     with pytest.raises(ValueError, match="layout_sides"):
         layout_range([8], "layout_sides")
     with pytest.raises(ValueError, match="lo <= hi"):

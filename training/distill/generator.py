@@ -23,7 +23,7 @@ of its own.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -138,22 +138,10 @@ class TransformerGenerator(nn.Module):
         if latent.ndim != 3 or latent.shape[1:] != (self.num_tokens, self.latent_dim):
             raise ValueError(f"latent must be (B, {self.num_tokens}, {self.latent_dim}), got {tuple(latent.shape)}")
         tokens = self.latent_proj(latent) + self.pos_embed
-        if self.canvas_embed is not None:
-            expected = (latent.shape[0], self.out_chans, self.image_size, self.image_size)
-            if canvas is None or tuple(canvas.shape) != expected:
-                raise ValueError(f"this generator edits a canvas: pass canvas {expected}, got "
-                                 f"{None if canvas is None else tuple(canvas.shape)}")
-            tokens = tokens + self.canvas_embed(canvas).flatten(2).transpose(1, 2)
-        elif canvas is not None:
-            raise ValueError("canvas given to a generator built without canvas=True")
-        if self.layout_embed is not None:
-            expected = (latent.shape[0], self.layout_chans, self.image_size, self.image_size)
-            if layout is None or tuple(layout.shape) != expected:
-                raise ValueError(f"this generator draws a layout: pass layout {expected}, got "
-                                 f"{None if layout is None else tuple(layout.shape)}")
-            tokens = tokens + self.layout_embed(layout).flatten(2).transpose(1, 2)
-        elif layout is not None:
-            raise ValueError("layout given to a generator built without layout_chans")
+        tokens = tokens + self._embed_input(self.canvas_embed, canvas, self.out_chans, latent.shape[0],
+                                            "edits a canvas", "canvas", "canvas=True")
+        tokens = tokens + self._embed_input(self.layout_embed, layout, self.layout_chans, latent.shape[0],
+                                            "draws a layout", "layout", "layout_chans")
         if self.class_embed is not None:
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass labels (B,)")
@@ -173,6 +161,20 @@ class TransformerGenerator(nn.Module):
         if self.canvas_embed is not None:
             return torch.sigmoid(torch.logit(canvas.clamp(0.01, 0.99)) + self.canvas_residual * residual)
         return torch.sigmoid(residual)
+
+    def _embed_input(self, embed: Optional[nn.Conv2d], image: Optional[torch.Tensor], chans: int, batch: int,
+                     role: str, name: str, option: str) -> Union[torch.Tensor, float]:
+        """Tokens of an image-sized input (canvas or layout) for a generator built to take it, else 0;
+        an input that is missing, misshapen or not expected is named."""
+        if embed is None:
+            if image is not None:
+                raise ValueError(f"{name} given to a generator built without {option}")
+            return 0.0
+        expected = (batch, chans, self.image_size, self.image_size)
+        if image is None or tuple(image.shape) != expected:
+            raise ValueError(f"this generator {role}: pass {name} {expected}, got "
+                             f"{None if image is None else tuple(image.shape)}")
+        return embed(image).flatten(2).transpose(1, 2)
 
     def _decode(self, features: torch.Tensor, layout: Optional[torch.Tensor]) -> torch.Tensor:
         """The conv decoder, with the layout added after every upsampling when there is one."""
