@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from evit_training.distill.generator import TransformerGenerator
 from evit_training.distill.image_priors import colour_jitter, dead_leaves, paste_boxes
-from evit_training.distill.layout import layout_masks, layout_range, sample_layouts
+from evit_training.distill.layout import check_layout_arguments, layout_masks, sample_layouts
 from evit_training.distill.palette import ColourTransform, fit_colour_transform
 from evit_training.distill.token_statistics import check_fits, record_token_statistics, token_statistics
 
@@ -225,13 +225,7 @@ class DataFreeConfig:
             raise ValueError(f"detection_prior must be one of {DETECTION_PRIORS}, got {self.detection_prior!r}")
         if self.target_objects < 1:
             raise ValueError(f"target_objects must be >= 1, got {self.target_objects}")
-        fewest, most = layout_range(self.layout_objects, "layout_objects")
-        if fewest < 0 or fewest != int(fewest) or most != int(most):
-            raise ValueError(f"layout_objects must be whole numbers [fewest, most] >= 0, got {self.layout_objects!r}")
-        if layout_range(self.layout_sides, "layout_sides")[0] < 1:
-            raise ValueError(f"layout_sides must be pixels >= 1, got {self.layout_sides!r}")
-        if self.layout_max_aspect < 1:
-            raise ValueError(f"layout_max_aspect must be >= 1, got {self.layout_max_aspect}")
+        check_layout_arguments(self.layout_objects, self.layout_sides, self.layout_max_aspect, prefix="layout_")
         if self.feature_stats_source not in STATS_SOURCES:
             raise ValueError(f"feature_stats_source must be one of {STATS_SOURCES}, got {self.feature_stats_source!r}")
         if self.generator_canvas not in CANVASES:
@@ -414,13 +408,19 @@ def pseudo_label_targets(t_out: Mapping[str, torch.Tensor], stride: int, thresho
     student the sharp peaks of the supervised loss it was designed for, at the teacher's
     own boxes, so no label is needed.
     """
-    from evit_training.engine.losses import encode_targets
-
     boxes = [{"boxes": r[:, :4].cpu(), "labels": r[:, 5].long().cpu()}
              for r in confident_detections(t_out, stride, threshold)]
-    heat = t_out["heatmap"]
-    encoded = encode_targets(boxes, heat.shape[1], heat.shape[-1], stride)
-    return {k: v.to(heat.device) for k, v in encoded.items()}
+    return centernet_targets(boxes, t_out["heatmap"], stride)
+
+
+def centernet_targets(boxes: List[Dict[str, torch.Tensor]], heatmap: torch.Tensor,
+                      stride: int) -> Dict[str, torch.Tensor]:
+    """Boxes per image (``{"boxes": (n, 4) xyxy pixels, "labels": (n,)}``) encoded as
+    CenterNet targets on the grid, class count and device of ``heatmap``."""
+    from evit_training.engine.losses import encode_targets
+
+    encoded = encode_targets(boxes, heatmap.shape[1], heatmap.shape[-1], stride)
+    return {k: v.to(heatmap.device) for k, v in encoded.items()}
 
 
 def batch_diversity(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -557,7 +557,7 @@ class DataFreeDistiller:
         self.cfg.validate()
         if self.cfg.paste_objects and task != "detection":
             raise ValueError("paste_objects pastes the teacher's detections: it needs task 'detection'")
-        self.layout = task == "detection" and self.cfg.detection_prior == "layout"
+        self.layout_conditional = task == "detection" and self.cfg.detection_prior == "layout"
         self.task = task
         self.out_dir = Path(out_dir)
         self.resume = resume
@@ -590,7 +590,7 @@ class DataFreeDistiller:
             output_gain=self.cfg.generator_output_gain, decoder=self.cfg.generator_decoder,
             output_affine=self.cfg.generator_output_affine, canvas=self.cfg.generator_canvas != "none",
             canvas_residual=self.cfg.canvas_residual,
-            layout_chans=self.num_classes if self.layout else 0).to(self.device)
+            layout_chans=self.num_classes if self.layout_conditional else 0).to(self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_generator, betas=(0.5, 0.999))
         self.opt_s = torch.optim.AdamW(self._trainable_student_parameters(), lr=self.cfg.lr_student,
                                        weight_decay=self.cfg.weight_decay)
@@ -672,11 +672,11 @@ class DataFreeDistiller:
 
     def _sample_layout(self, count: int, generator: torch.Generator) -> Tuple[Optional[torch.Tensor], Optional[list]]:
         """``(masks, layouts)`` for a layout-conditional generator (``detection_prior: layout``), else ``(None, None)``."""
-        if not self.layout:
+        if not self.layout_conditional:
             return None, None
         layouts = sample_layouts(count, self.image_size, self.num_classes, generator,
-                                 objects=tuple(int(n) for n in self.cfg.layout_objects),
-                                 sides=self.cfg.layout_sides, max_aspect=self.cfg.layout_max_aspect)
+                                 objects=self.cfg.layout_objects, sides=self.cfg.layout_sides,
+                                 max_aspect=self.cfg.layout_max_aspect)
         return layout_masks(layouts, self.num_classes, self.image_size).to(self.device), layouts
 
     def _generate(self, count: int) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[list]]:
@@ -791,11 +791,9 @@ class DataFreeDistiller:
                 confidence = -(probs * F.log_softmax(t_out, 1)).sum(1).mean()
             mean = probs.mean(0)
         elif layouts is not None:
-            from evit_training.engine.losses import detection_loss, encode_targets
-            heat = t_out["heatmap"]
-            targets = encode_targets(layouts, heat.shape[1], heat.shape[-1], int(self.teacher.stride))
-            confidence = detection_loss(t_out, {k: v.to(heat.device) for k, v in targets.items()})["total"]
-            return confidence, torch.zeros((), device=heat.device)
+            from evit_training.engine.losses import detection_loss
+            targets = centernet_targets(layouts, t_out["heatmap"], int(self.teacher.stride))
+            return detection_loss(t_out, targets)["total"], torch.zeros((), device=t_out["heatmap"].device)
         elif self.cfg.detection_prior == "peaks":
             confidence, mean = heatmap_peak_priors(t_out["heatmap"], self.cfg.target_objects)
         else:

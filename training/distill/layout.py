@@ -37,13 +37,8 @@ def sample_layouts(count: int, image_size: int, num_classes: int, generator: tor
         max_aspect: width / height is log-uniform in ``[1 / max_aspect, max_aspect]``.
     Boxes are clipped to the image; centres are uniform over it.
     """
+    check_layout_arguments(objects, sides, max_aspect)
     lo, hi = int(objects[0]), int(objects[1])
-    if not 0 <= lo <= hi:
-        raise ValueError(f"objects must be (fewest, most) with 0 <= fewest <= most, got {tuple(objects)}")
-    if not 1.0 <= sides[0] <= sides[1]:
-        raise ValueError(f"sides must be (smallest, largest) pixels with 1 <= smallest <= largest, got {tuple(sides)}")
-    if max_aspect < 1.0:
-        raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
     if count < 0 or image_size < 1 or num_classes < 1:
         raise ValueError(f"sample_layouts needs count >= 0, image_size >= 1 and num_classes >= 1; "
                          f"got {count}, {image_size}, {num_classes}")
@@ -74,6 +69,20 @@ def layout_masks(layouts: Sequence[Dict[str, torch.Tensor]], num_classes: int, i
             cols = (coords >= x0) & (coords < x1)
             masks[i, int(label)] += (rows[:, None] & cols[None, :]).float()
     return masks.clamp_(max=1.0)
+
+
+def check_layout_arguments(objects: Sequence[int], sides: Sequence[float], max_aspect: float,
+                           prefix: str = "") -> None:
+    """Raise a ``ValueError`` naming ``{prefix}objects``, ``{prefix}sides`` or
+    ``{prefix}max_aspect`` when it is not a valid argument of :func:`sample_layouts`
+    (``prefix="layout_"`` names the data-free config keys)."""
+    fewest, most = layout_range(objects, prefix + "objects")
+    if fewest < 0 or fewest != int(fewest) or most != int(most):
+        raise ValueError(f"{prefix}objects must be whole numbers [fewest, most] >= 0, got {objects!r}")
+    if layout_range(sides, prefix + "sides")[0] < 1:
+        raise ValueError(f"{prefix}sides must be pixels >= 1, got {sides!r}")
+    if max_aspect < 1:
+        raise ValueError(f"{prefix}max_aspect must be >= 1, got {max_aspect}")
 
 
 def layout_range(values: Sequence[float], name: str) -> Tuple[float, float]:
