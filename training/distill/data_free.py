@@ -16,6 +16,8 @@ Transfer": rounds alternate
     them; for a teacher without them they are recorded once on random *smooth* noise images
     (blurred uniform noise at several scales), a weak prior that only pins the scale of the
     residual stream to what the teacher sees on image-like inputs.
+  - ``batchnorm_stats``: where the teacher does have BatchNorm (our detectors' head), DeepInversion's
+    original prior: batch mean/std of every BatchNorm input matched to its running statistics.
   - ``patch_similarity``: the differential entropy (Gaussian kernel density estimate) of the
     cosine similarities between patch tokens in every block, maximised (PSAQ-ViT): real
     images give diverse patch relations; degenerate images give all-similar patches.
@@ -120,6 +122,9 @@ class DataFreeConfig:
     # generator loss weights
     w_adversarial: float = 0.5
     w_feature_stats: float = 1.0
+    # DeepInversion's own prior where the teacher has one: the running mean/variance of its
+    # BatchNorm layers (the detector's head), matched by the batch statistics of the synthetic images
+    w_batchnorm_stats: float = 0.0
     w_patch_similarity: float = 1.0
     w_confidence: float = 1.0
     w_class_balance: float = 1.0
@@ -248,7 +253,8 @@ class _TeacherStudentView:
     detectors (:class:`evit_training.models.ViTDetector`) return a dict with ``tokens``.
     """
 
-    def __init__(self, model: nn.Module, task: str, record_norm_inputs: bool) -> None:
+    def __init__(self, model: nn.Module, task: str, record_norm_inputs: bool,
+                 record_batchnorm_inputs: bool = False) -> None:
         backbone = getattr(model, "backbone", None)
         if backbone is None or not hasattr(backbone, "blocks"):
             raise ValueError(f"{type(model).__name__} has no timm ViT `.backbone` with `.blocks`; data-free KD "
@@ -257,16 +263,25 @@ class _TeacherStudentView:
         self.task = task
         self.backbone = backbone
         self.norm_inputs: List[torch.Tensor] = []
+        self.batchnorm_inputs: List[Tuple[torch.Tensor, nn.Module]] = []
         self._tokens: Optional[torch.Tensor] = None
         self._handles = []
         if record_norm_inputs:
             for block in backbone.blocks:
                 self._handles.append(block.norm1.register_forward_pre_hook(self._record_norm_input))
+        self.batchnorms = [m for m in model.modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+        if record_batchnorm_inputs:
+            for bn in self.batchnorms:
+                self._handles.append(bn.register_forward_pre_hook(self._record_batchnorm_input))
         if task == "classification":
             self._handles.append(backbone.norm.register_forward_hook(self._record_tokens))
 
     def _record_norm_input(self, module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
         self.norm_inputs.append(inputs[0])
+
+    def _record_batchnorm_input(self, module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
+        self.batchnorm_inputs.append((inputs[0], module))
 
     def _record_tokens(self, module: nn.Module, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         self._tokens = output[:, getattr(self.backbone, "num_prefix_tokens", 0):]
@@ -274,6 +289,7 @@ class _TeacherStudentView:
     def __call__(self, images: torch.Tensor) -> Tuple[Any, torch.Tensor]:
         """Return ``(prediction, patch_tokens (B,N,D))``; fills ``norm_inputs`` if recording."""
         self.norm_inputs = []
+        self.batchnorm_inputs = []
         out = self.model(images)
         if self.task == "detection":
             if not isinstance(out, Mapping) or "heatmap" not in out or "tokens" not in out:
@@ -299,14 +315,30 @@ def _model_geometry(model: nn.Module) -> Tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- losses
+def _moment_distance(mean: torch.Tensor, std: torch.Tensor, t_mean: torch.Tensor, t_std: torch.Tensor) -> torch.Tensor:
+    """RMS distance of per-channel means plus that of standard deviations (DeepInversion's form)."""
+    return torch.linalg.vector_norm(mean - t_mean) / math.sqrt(mean.numel()) \
+        + torch.linalg.vector_norm(std - t_std) / math.sqrt(std.numel())
+
+
 def feature_stats_loss(norm_inputs: List[torch.Tensor],
                        targets: List[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """DeepInversion-style distance of token statistics to the targets, summed over blocks."""
+    """DeepInversion-style distance of token statistics to the targets, averaged over blocks."""
     loss = norm_inputs[0].new_zeros(())
     for (mean, std), (t_mean, t_std) in zip(token_statistics(norm_inputs), targets):
-        loss = loss + torch.linalg.vector_norm(mean - t_mean) / math.sqrt(mean.numel()) \
-            + torch.linalg.vector_norm(std - t_std) / math.sqrt(std.numel())
+        loss = loss + _moment_distance(mean, std, t_mean, t_std)
     return loss / max(1, len(targets))
+
+
+def batchnorm_stats_loss(inputs: List[Tuple[torch.Tensor, nn.Module]]) -> torch.Tensor:
+    """DeepInversion's BatchNorm prior: distance of each BatchNorm input's batch mean/std (per
+    channel, over batch and space) to the layer's running statistics, averaged over layers."""
+    loss = inputs[0][0].new_zeros(())
+    for x, bn in inputs:
+        dims = [0] + list(range(2, x.dim()))
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        loss = loss + _moment_distance(mean, (var + bn.eps).sqrt(), bn.running_mean, (bn.running_var + bn.eps).sqrt())
+    return loss / max(1, len(inputs))
 
 
 def patch_similarity_entropy(tokens: torch.Tensor, bandwidth: float = 0.05, max_pairs: int = 512,
@@ -575,7 +607,11 @@ class DataFreeDistiller:
                              f"{_model_geometry(student)} (size, channels) differ")
         torch.manual_seed(self.cfg.seed)
         self.rng = torch.Generator().manual_seed(self.cfg.seed)
-        self.teacher_view = _TeacherStudentView(teacher, task, record_norm_inputs=True)
+        self.teacher_view = _TeacherStudentView(teacher, task, record_norm_inputs=True,
+                                                record_batchnorm_inputs=bool(self.cfg.w_batchnorm_stats))
+        if self.cfg.w_batchnorm_stats and not self.teacher_view.batchnorms:
+            raise ValueError("w_batchnorm_stats needs a teacher with BatchNorm running statistics; "
+                             f"{type(teacher).__name__} has none (set it to 0)")
         self.inherited_channels = inherited_channels
         if self.cfg.w_inherited_tokens and inherited_channels is None:
             raise ValueError("w_inherited_tokens needs inherited_channels: a student started by weight selection")
@@ -831,6 +867,8 @@ class DataFreeDistiller:
         terms: Dict[str, torch.Tensor] = {}
         if cfg.w_feature_stats:
             terms["stats"] = cfg.w_feature_stats * feature_stats_loss(norm_inputs, self.stat_targets)
+        if cfg.w_batchnorm_stats:
+            terms["bn_stats"] = cfg.w_batchnorm_stats * batchnorm_stats_loss(self.teacher_view.batchnorm_inputs)
         if cfg.w_patch_similarity:
             entropy = torch.stack([patch_similarity_entropy(x, generator=self.rng) for x in norm_inputs]).mean()
             terms["patch_sim"] = -cfg.w_patch_similarity * entropy
