@@ -287,7 +287,7 @@ class _TeacherStudentView:
         self._tokens = output[:, getattr(self.backbone, "num_prefix_tokens", 0):]
 
     def __call__(self, images: torch.Tensor) -> Tuple[Any, torch.Tensor]:
-        """Return ``(prediction, patch_tokens (B,N,D))``; fills ``norm_inputs`` if recording."""
+        """Return ``(prediction, patch_tokens (B,N,D))``; fills ``norm_inputs`` and ``batchnorm_inputs`` if recording."""
         self.norm_inputs = []
         self.batchnorm_inputs = []
         out = self.model(images)
