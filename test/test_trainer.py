@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from evit_training.config import ConfigError, load_config  # noqa: E402
 from evit_training.data.datasets import DetectionDataset  # noqa: E402
 from evit_training.data.synthetic import generate_dataset  # noqa: E402
-from evit_training.engine.evaluate import evaluate_model  # noqa: E402
+from evit_training.engine.evaluate import evaluate_model, teacher_agreement  # noqa: E402
 from evit_training.engine.losses import encode_targets  # noqa: E402
 from evit_training.engine.trainer import TrainConfig, Trainer, lr_factor  # noqa: E402
 from evit_training.models import create_detector  # noqa: E402
@@ -132,6 +132,28 @@ def test_target_encoding_decoding_and_coco_evaluation_agree(scenes):
     assert metrics["map50_95"] > 0.6
     blank = create_detector("test_micro")
     assert evaluate_model(blank, val, progress=False)["map50"] < 0.2
+
+
+def test_teacher_agreement_is_one_for_a_copy_and_lower_for_another_model():
+    torch.manual_seed(0)
+    teacher = create_detector("test_micro")
+    copy = create_detector("test_micro")
+    copy.load_state_dict(teacher.state_dict())
+    torch.manual_seed(1)
+    other = create_detector("test_micro")
+    other.train()
+    images = torch.rand(6, 3, *(int(s) for s in teacher.backbone.patch_embed.img_size))
+    # An untrained head scores ~0.1 everywhere; its peaks above 0.05 are the teacher's "objects".
+    same = teacher_agreement(copy, teacher, images, threshold=0.05, batch_size=4)
+    assert same["teacher_objects_per_image"] > 1
+    assert same["map50"] > 0.99
+    apart = teacher_agreement(other, teacher, images, threshold=0.05)
+    assert apart["map50"] < 0.5 * same["map50"]
+    # The ground truth is the teacher's alone: the same objects whichever student is judged.
+    assert apart["teacher_objects_per_image"] == same["teacher_objects_per_image"]
+    assert teacher_agreement(teacher, other, images, threshold=0.05)["teacher_objects_per_image"] \
+        != same["teacher_objects_per_image"]
+    assert other.training and teacher.training       # modes given back
 
 
 def test_yaml_loader_names_unknown_keys(tmp_path):

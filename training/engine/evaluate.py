@@ -69,3 +69,46 @@ def evaluate_model(model: nn.Module, dataset, batch_size: int = 16, max_detectio
 
     preds = predict_dataset(model, dataset, batch_size, max_detections, 0.001, device, progress)
     return evaluate_detections(dataset.coco_gt(), preds, score_threshold=score_threshold)
+
+
+@torch.no_grad()
+def teacher_agreement(student: nn.Module, teacher: nn.Module, images: torch.Tensor, threshold: float = 0.3,
+                      batch_size: int = 32, max_detections: int = 100) -> Dict[str, Any]:
+    """How well ``student`` copies ``teacher`` on ``images`` (N, C, H, W) in [0, 1], with no
+    labels: the teacher's detections scoring above ``threshold`` are the ground truth, the
+    student's detections the predictions. Returns the ``coco_metrics.evaluate_detections``
+    dict (``map50`` is the agreement) plus ``teacher_objects_per_image``.
+
+    Data-free KD can only be judged this way on its own synthetic images; on a team's
+    unlabelled footage it says what the labels would."""
+    from evit_perception.evaluation.coco_metrics import evaluate_detections
+
+    nets = unwrap(teacher), unwrap(student)
+    modes = [net.training for net in nets]
+    for net in nets:
+        net.eval()
+    device = next(nets[0].parameters()).device
+    names = nets[0].config["class_names"]
+    height, width = int(images.shape[-2]), int(images.shape[-1])
+    gt: Dict[str, Any] = {"images": [{"id": i, "width": width, "height": height} for i in range(len(images))],
+                          "categories": [{"id": c, "name": name} for c, name in enumerate(names)],
+                          "annotations": []}
+    preds: List[Dict[str, Any]] = []
+    for lo in range(0, len(images), batch_size):
+        batch = images[lo:lo + batch_size].to(device)
+        rows_t, rows_s = (decode_detections(net(batch), net.stride, max_detections).float().cpu() for net in nets)
+        for offset, (t, s) in enumerate(zip(rows_t, rows_s)):
+            image_id = lo + offset
+            for x1, y1, x2, y2, score, cls in t[t[:, 4] > threshold].tolist():
+                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id,
+                                          "category_id": int(cls), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                          "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            for x1, y1, x2, y2, score, cls in s.tolist():
+                if x2 > x1 and y2 > y1:
+                    preds.append({"image_id": image_id, "category_id": int(cls) % len(names),
+                                  "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+    for net, mode in zip(nets, modes):
+        net.train(mode)
+    result = evaluate_detections(gt, preds)
+    result["teacher_objects_per_image"] = len(gt["annotations"]) / max(1, len(images))
+    return result
