@@ -154,6 +154,8 @@ def test_teacher_agreement_is_one_for_a_copy_and_lower_for_another_model():
     assert teacher_agreement(teacher, other, images, threshold=0.05)["teacher_objects_per_image"] \
         != same["teacher_objects_per_image"]
     assert other.training and teacher.training       # modes given back
+    with pytest.raises(ValueError, match="differ from the teacher's"):
+        teacher_agreement(create_detector("test_micro", class_names=["a", "b"]), teacher, images)
 
 
 def test_yaml_loader_names_unknown_keys(tmp_path):

@@ -88,7 +88,9 @@ def teacher_agreement(student: nn.Module, teacher: nn.Module, images: torch.Tens
     for net in nets:
         net.eval()
     device = next(nets[0].parameters()).device
-    names = nets[0].config["class_names"]
+    names = list(nets[0].config["class_names"])
+    if list(nets[1].config["class_names"]) != names:
+        raise ValueError(f"student classes {list(nets[1].config['class_names'])} differ from the teacher's {names}")
     height, width = int(images.shape[-2]), int(images.shape[-1])
     gt: Dict[str, Any] = {"images": [{"id": i, "width": width, "height": height} for i in range(len(images))],
                           "categories": [{"id": c, "name": name} for c, name in enumerate(names)],
@@ -105,7 +107,7 @@ def teacher_agreement(student: nn.Module, teacher: nn.Module, images: torch.Tens
                                           "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
             for x1, y1, x2, y2, score, cls in s.tolist():
                 if x2 > x1 and y2 > y1:
-                    preds.append({"image_id": image_id, "category_id": int(cls) % len(names),
+                    preds.append({"image_id": image_id, "category_id": int(cls),
                                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     for net, mode in zip(nets, modes):
         net.train(mode)
