@@ -101,10 +101,10 @@ def teacher_agreement(student: nn.Module, teacher: nn.Module, images: torch.Tens
         rows_t, rows_s = (decode_detections(net(batch), net.stride, max_detections).float().cpu() for net in nets)
         for offset, (t, s) in enumerate(zip(rows_t, rows_s)):
             image_id = lo + offset
-            for x1, y1, x2, y2, score, cls in t[t[:, 4] > threshold].tolist():
-                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id,
-                                          "category_id": int(cls), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                                          "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            # evaluate_detections fills in annotation ids, areas and iscrowd
+            for x1, y1, x2, y2, _, cls in t[t[:, 4] > threshold].tolist():
+                gt["annotations"].append({"image_id": image_id, "category_id": int(cls),
+                                          "bbox": [x1, y1, x2 - x1, y2 - y1]})
             for x1, y1, x2, y2, score, cls in s.tolist():
                 if x2 > x1 and y2 > y1:
                     preds.append({"image_id": image_id, "category_id": int(cls),
