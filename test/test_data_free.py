@@ -18,7 +18,7 @@ from evit_training.classification import create_classifier, load_classifier, sav
 from evit_training.distill.data_free import (DataFreeConfig, DataFreeDistiller, _kl,  # noqa: E402
                                              batchnorm_stats_loss,
                                              heatmap_peak_priors, patch_similarity_entropy,
-                                             mosaic, pseudo_label_targets, random_crop_shift,
+                                             mosaic, pseudo_label_targets, random_crop_shift, random_roll,
                                              run_from_config)
 from evit_training.distill.logit_kd import heatmap_kd_loss  # noqa: E402
 from evit_training.distill.generator import TransformerGenerator  # noqa: E402
@@ -247,7 +247,8 @@ def test_layout_detection_run_resumes_to_the_same_state(tmp_path):
                                      {"procedural_fraction": 0.25}, {"mosaic_fraction": 0.5}, {"student_ema": 0.9}, {"anchor_decay": 5.0},
                                      {"frozen_student": ("backbone.patch_embed", "backbone.pos_embed")},
                                      {"procedural_fraction": 0.5, "procedural_palette": "teacher", "palette_fit_steps": 3},
-                                     {"generator_canvas": "dead_leaves", "canvas_residual": 0.5}])
+                                     {"generator_canvas": "dead_leaves", "canvas_residual": 0.5},
+                                     {"generator_jitter": "roll", "generator_jitter_shift": 16}])
 def test_resume_reaches_the_same_state(tmp_path, options):
     def run(out: Path, stops):
         teacher, student = _pair(seed=2)
@@ -515,6 +516,36 @@ def test_random_crop_shift_keeps_shape_range_and_identity():
         DataFreeConfig.from_dict({"augment_mode": "mixup"})
 
 
+def test_random_roll_moves_pixels_without_resampling():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 20, 24, generator=gen, requires_grad=True)
+    out = random_roll(images, 12, gen, flip=True)
+    assert out.shape == images.shape and not torch.equal(out, images)
+    for a, b in zip(images, out):   # a permutation of each image's own pixels, nothing interpolated
+        assert torch.equal(a.detach().flatten().sort().values, b.detach().flatten().sort().values)
+    out.sum().backward()            # every pixel lands exactly once, so its gradient is 1
+    assert torch.equal(images.grad, torch.ones_like(images))
+    assert torch.equal(random_roll(images, 0, gen), images)
+
+
+@pytest.mark.parametrize("jitter", ["roll", "crop"])
+def test_generator_step_judges_jittered_images(tmp_path, jitter):
+    distiller = _micro_detection_distiller(tmp_path, generator_jitter=jitter, generator_jitter_shift=40,
+                                           detection_prior="peaks")
+    seen, generated = [], []
+    hooks = [distiller.teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach())),
+             distiller.generator.register_forward_hook(lambda module, args, out: generated.append(out.detach()))]
+    distiller.generator_step()
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) >= 1 and len(generated) == 1
+    assert seen[0].shape == generated[0].shape and not torch.allclose(seen[0], generated[0])
+    with pytest.raises(ValueError, match="generator_jitter must be"):
+        DataFreeConfig.from_dict({"generator_jitter": "zoom"})
+    with pytest.raises(ValueError, match="layout"):
+        DataFreeConfig.from_dict({"generator_jitter": "roll", "detection_prior": "layout"})
+
+
 def test_mosaic_tiles_half_size_batch_images():
     gen = torch.Generator().manual_seed(0)
     # Flat images of distinct grey levels: every mosaic quadrant must be one of them, whole.
@@ -535,3 +566,59 @@ def test_mosaic_tiles_half_size_batch_images():
     assert torch.equal(mosaic(images, 0.0, gen), images)
     with pytest.raises(ValueError, match="mosaic_fraction"):
         DataFreeConfig.from_dict({"mosaic_fraction": 1.5})
+
+
+def _fading_distiller(out_dir: Path, **options) -> DataFreeDistiller:
+    """A detection game whose student starts as the teacher and fades into its own shape."""
+    models = pytest.importorskip("evit_training.models")
+    torch.manual_seed(0)
+    teacher = models.create_detector("test_micro")
+    student = models.create_detector("test_micro", embed_dim=16, num_heads=1, head_channels=8)
+    base = dict(steps=4, batch_size=4, grid_every=4, memory_bank_size=8, generator_patch_size=16,
+                fade_fraction=0.5, checkpoint_every=100)
+    cfg = DataFreeConfig.from_dict({**dataclasses.asdict(_tiny_cfg()), **base, **options})
+    return DataFreeDistiller(teacher, student, cfg, out_dir, task="detection", show_progress=False)
+
+
+def test_fading_student_trains_as_the_teacher_shape_and_returns_the_student(tmp_path):
+    distiller = _fading_distiller(tmp_path)
+    teacher_width = distiller.teacher.backbone.embed_dim
+    assert distiller.student.backbone.embed_dim == teacher_width    # the copy trains, not the small student
+    start = {k: v.clone() for k, v in distiller.student.state_dict().items()}
+    student = distiller.fit()
+    assert distiller.fading.alpha == 0.0 and student.backbone.embed_dim == 16
+    assert any(not torch.equal(start[k], v) for k, v in distiller.student.state_dict().items())
+    x = torch.rand(2, 3, 64, 64)
+    distiller.student.eval(), student.eval()
+    with torch.no_grad():
+        assert torch.allclose(distiller.student(x)["heatmap"], student(x)["heatmap"], atol=1e-5)
+    with pytest.raises(ValueError, match="fade_fraction must be"):
+        DataFreeConfig.from_dict({"fade_fraction": 1.5})
+    with pytest.raises(ValueError, match="w_inherited_tokens"):
+        DataFreeConfig.from_dict({"fade_fraction": 0.5, "w_inherited_tokens": 1.0})
+
+
+def test_fading_run_resumes_to_the_same_state(tmp_path):
+    straight = _fading_distiller(tmp_path / "straight")
+    a = straight.fit()
+    first = _fading_distiller(tmp_path / "resumed")
+    first.fit(until_step=1)                  # mid-fade
+    assert 0.0 < first.fading.alpha < 1.0
+    first.close()
+    resumed = _fading_distiller(tmp_path / "resumed")
+    b = resumed.fit()
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+
+
+def test_run_from_config_fades_from_weight_selection_only(tmp_path):
+    torch.manual_seed(0)
+    teacher_path = save_classifier(create_classifier("digits_teacher"), tmp_path / "teacher.pt")
+    cfg = {"task": "classification", "teacher": str(teacher_path), "student": "digits_student",
+           "student_init": "weight_selection",
+           "data_free": dict(steps=2, batch_size=4, grid_every=1, warmup_generator_steps=0, memory_bank_size=8,
+                             generator_embed_dim=16, generator_heads=2, generator_depth=1, fade_fraction=0.5)}
+    result = run_from_config(cfg, out_dir=tmp_path / "run", show_progress=False)
+    assert load_classifier(result["student"]).arch["embed_dim"] == 48     # the student's shape, not the copy's
+    with pytest.raises(ValueError, match="needs student_init: weight_selection"):
+        run_from_config({**cfg, "student_init": "random"}, out_dir=tmp_path / "random", show_progress=False)

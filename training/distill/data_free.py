@@ -64,9 +64,11 @@ from evit_training.distill.image_priors import colour_jitter, dead_leaves, paste
 from evit_training.distill.layout import check_layout_arguments, layout_masks, sample_layouts
 from evit_training.distill.palette import ColourTransform, fit_colour_transform
 from evit_training.distill.token_statistics import check_fits, record_token_statistics, token_statistics
+from evit_training.models.fading_selection import FadingSelection, cosine_fade
 
 TASKS = ("classification", "detection")
 AUGMENT_MODES = ("roll", "crop")
+GENERATOR_JITTERS = ("none", "roll", "crop")
 DETECTION_PRIORS = ("topk", "peaks", "layout")
 STATS_SOURCES = ("auto", "teacher", "noise")
 STUDENT_INITS = ("random", "weight_selection")
@@ -100,6 +102,10 @@ class DataFreeConfig:
     # parameter-name prefixes of the student kept at their starting values (e.g. "backbone.patch_embed"):
     # a weight-selected student keeps the teacher's low-level filters, which synthetic images distort most
     frozen_student: Tuple[str, ...] = ()
+    # Gradual weight selection (models/fading_selection.py): > 0 trains a copy of the teacher
+    # whose parts the student lacks fade out over this share of the budget, then extracts the
+    # student from it; 0 trains the student in its own shape from the first step.
+    fade_fraction: float = 0.0
     lr_generator: float = 1e-3
     weight_decay: float = 0.05
     temperature: float = 4.0
@@ -131,6 +137,13 @@ class DataFreeConfig:
     w_total_variation: float = 0.0
     w_diversity: float = 1.0            # mode seeking: images from different latents must differ
     adversarial_clip: float = 5.0       # the gap the generator chases is clamped per image
+    # Random per-image framing of the generator's images before teacher and student judge them
+    # in the generator step (DeepInversion's jitter): "roll" = wrap-around shift of up to
+    # `generator_jitter_shift` pixels per axis + flips, "crop" = the student's crop_scale zoom +
+    # that shift. Without it the generator can satisfy the teacher at fixed places (the image
+    # border, the patch grid) rather than with objects that hold anywhere.
+    generator_jitter: str = "none"
+    generator_jitter_shift: int = 16
     # detection priors: "topk" = the strongest 4 cells of the most confident class;
     # "peaks" = `target_objects` local maxima per image confident, the rest of the map quiet,
     # class balance over those peaks
@@ -212,6 +225,11 @@ class DataFreeConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if isinstance(self.frozen_student, str) or not all(isinstance(p, str) for p in self.frozen_student):
             raise ValueError(f"frozen_student must be a list of parameter-name prefixes, got {self.frozen_student!r}")
+        if not 0.0 <= self.fade_fraction <= 1.0:
+            raise ValueError(f"fade_fraction must be in [0, 1], got {self.fade_fraction}")
+        if self.fade_fraction and self.w_inherited_tokens:
+            raise ValueError("fade_fraction trains a teacher-shaped copy; w_inherited_tokens needs the student's "
+                             "own shape (set one of them to 0)")
         if self.anchor_decay < 0:
             raise ValueError(f"anchor_decay must be >= 0, got {self.anchor_decay}")
         if not 0.0 <= self.student_ema < 1.0:
@@ -222,6 +240,13 @@ class DataFreeConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.generator_jitter not in GENERATOR_JITTERS:
+            raise ValueError(f"generator_jitter must be one of {GENERATOR_JITTERS}, got {self.generator_jitter!r}")
+        if self.generator_jitter_shift < 0:
+            raise ValueError(f"generator_jitter_shift must be >= 0, got {self.generator_jitter_shift}")
+        if self.generator_jitter != "none" and self.detection_prior == "layout":
+            raise ValueError("generator_jitter moves the images away from their sampled layout boxes; "
+                             "use generator_jitter: none with detection_prior: layout")
         if self.augment_mode not in AUGMENT_MODES:
             raise ValueError(f"augment_mode must be one of {AUGMENT_MODES}, got {self.augment_mode!r}")
         if not 0.0 < self.crop_scale <= 1.0:
@@ -489,6 +514,18 @@ def random_crop_shift(images: torch.Tensor, min_scale: float, max_shift: int, ge
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def random_roll(images: torch.Tensor, max_shift: int, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """Per-image wrap-around shift of up to ``max_shift`` pixels per axis (differentiable, no
+    resampling), with optional horizontal flips. A shift of half the image side or more puts
+    every generated pixel equally often at every place the teacher looks."""
+    b, _, h, w = images.shape
+    dy = torch.randint(-max_shift, max_shift + 1, (b,), generator=generator).tolist()
+    dx = torch.randint(-max_shift, max_shift + 1, (b,), generator=generator).tolist()
+    flips = (torch.rand(b, generator=generator) < 0.5).tolist() if flip else [False] * b
+    out = [torch.roll(img, shifts=(y % h, x % w), dims=(1, 2)) for img, y, x in zip(images, dy, dx)]
+    return torch.stack([img.flip(2) if f else img for img, f in zip(out, flips)])
+
+
 def mosaic(images: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
     """Replace a random ``fraction`` of ``images`` (B, C, H, W) with 2x2 mosaics of four batch
     images, each downscaled to half size (antialiased).
@@ -598,6 +635,12 @@ class DataFreeDistiller:
         self.teacher = teacher.to(self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self.fading: Optional[FadingSelection] = None
+        if self.cfg.fade_fraction:
+            # Train the teacher-shaped copy; `student` receives its weights when the fade is done.
+            self.fading = FadingSelection(teacher.to(self.device), student.to(self.device))
+            self._fade = cosine_fade(max(1, round(self.cfg.fade_fraction * self.cfg.steps)))
+            student = self.fading.model
         self.student = student.to(self.device)
         self.image_size, self.in_chans = _model_geometry(teacher)
         if self.cfg.colour_jitter and self.in_chans != 3:
@@ -804,6 +847,16 @@ class DataFreeDistiller:
             images[:, :, y0:y0 + bh, x0:x0 + bw] = images[perm.to(images.device), :, y0:y0 + bh, x0:x0 + bw]
         return images
 
+    def _jitter_for_generator(self, images: torch.Tensor) -> torch.Tensor:
+        """The generator's images as teacher and student judge them in a generator step."""
+        cfg = self.cfg
+        flip = self.task == "detection"
+        if cfg.generator_jitter == "roll":
+            return random_roll(images, cfg.generator_jitter_shift, self.rng, flip=flip)
+        if cfg.generator_jitter == "crop":
+            return random_crop_shift(images, cfg.crop_scale, cfg.generator_jitter_shift, self.rng, flip=flip)
+        return images
+
     # ---------------------------------------------------------------- losses by task
     def _discrepancy(self, s_out: Any, t_out: Any) -> torch.Tensor:
         """Per-image teacher-student gap the generator maximises."""
@@ -862,7 +915,8 @@ class DataFreeDistiller:
         cfg = self.cfg
         self.generator.train()
         images, labels, layouts = self._generate(cfg.batch_size)
-        t_out, t_tokens = self.teacher_view(images)
+        seen = self._jitter_for_generator(images)
+        t_out, t_tokens = self.teacher_view(seen)
         norm_inputs = self.teacher_view.norm_inputs
         terms: Dict[str, torch.Tensor] = {}
         if cfg.w_feature_stats:
@@ -882,7 +936,7 @@ class DataFreeDistiller:
         if cfg.w_diversity:
             terms["diversity"] = -cfg.w_diversity * batch_diversity(images, t_tokens)
         if adversarial and cfg.w_adversarial:
-            s_out, _ = self.student_view(images)
+            s_out, _ = self.student_view(seen)
             gap = self._discrepancy(s_out, t_out).clamp(max=cfg.adversarial_clip).mean()
             terms["adversarial"] = -cfg.w_adversarial * gap
         loss = torch.stack(list(terms.values())).sum()
@@ -941,7 +995,8 @@ class DataFreeDistiller:
 
     # ---------------------------------------------------------------- driver
     def fit(self, until_step: Optional[int] = None) -> nn.Module:
-        """Run (or resume) until ``until_step`` student steps (default ``cfg.steps``); returns the student.
+        """Run (or resume) until ``until_step`` student steps (default ``cfg.steps``); returns the student
+        (with ``fade_fraction``: extracted from the faded copy once the budget is spent, the copy before).
 
         Writes ``last.pt`` every ``checkpoint_every`` steps and when it stops, a PNG grid every
         ``grid_every`` steps and ``history.json`` at the end.
@@ -963,6 +1018,8 @@ class DataFreeDistiller:
         bar = tqdm(total=target, initial=self.step, desc="data-free KD", disable=not self.show_progress)
         record: Dict[str, float] = {}
         while self.step < target:
+            if self.fading is not None:
+                self.fading.alpha = self._fade(self.step + 1)
             if self.step % cfg.student_steps == 0:
                 for _ in range(cfg.generator_steps):
                     record.update(self.generator_step())
@@ -983,6 +1040,9 @@ class DataFreeDistiller:
         (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=1))
         if self.student_ema is not None and self.step >= cfg.steps:
             self.student.load_state_dict(self.student_ema)   # after the checkpoint, which keeps both
+        if self.fading is not None and self.step >= cfg.steps:
+            self.fading.alpha = 0.0
+            return self.fading.extract()
         return self.student
 
     @torch.no_grad()
@@ -1169,6 +1229,9 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
     inherited = None
     if student_init not in STUDENT_INITS:
         raise ValueError(f"student_init must be one of {STUDENT_INITS}, got {student_init!r}")
+    if cfg.fade_fraction and student_init != "weight_selection":
+        raise ValueError("data_free.fade_fraction is weight selection done gradually: it needs "
+                         f"student_init: weight_selection, got {student_init!r}")
     if student_init == "weight_selection":
         if isinstance(student_spec, str) and Path(student_spec).is_file():
             raise ValueError("student_init 'weight_selection' initialises a named student config; "
@@ -1180,7 +1243,7 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
     distiller = DataFreeDistiller(teacher, student, cfg, out, task=task, resume=resume,
                                   show_progress=show_progress, token_stats=token_stats,
                                   inherited_channels=inherited, device=device)
-    distiller.fit()
+    student = distiller.fit()
     distiller.save_grid(out / "samples" / "final.png")
     if cfg.procedural_fraction or cfg.colour_jitter:   # the student saw more than the generator's grid shows
         distiller.save_student_view(out / "samples" / "student_view.png")

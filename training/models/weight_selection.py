@@ -14,7 +14,7 @@ image is looked at, only weights.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -36,13 +36,15 @@ def _heads_by_norm(attn: nn.Module, keep: int) -> List[int]:
     return sorted(score.topk(keep).indices.tolist())
 
 
-def select_weights(teacher: nn.Module, student: nn.Module) -> Dict[str, torch.Tensor]:
+def select_weights(teacher: nn.Module, student: nn.Module,
+                   heads: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, torch.Tensor]:
     """Overwrite ``student``'s weights with a consistent selection of ``teacher``'s.
 
     Both have a timm ViT ``.backbone`` (detectors: :class:`~evit_training.models.ViTDetector`;
     the digits classifiers) with the same patch size, input size, classes and attention head
     width, and the same kind of task head; the student may have
     fewer blocks, a narrower residual stream, fewer heads, a narrower MLP and head.
+    ``heads`` (per student block, the teacher heads to keep) overrides the choice by weight norm.
     Returns the teacher indices kept per role: ``"residual"`` (the residual-stream channels,
     which also say where the student's tokens sit in the teacher's), ``"mlp<i>"``, ``"head"``.
     Raises ``ValueError`` naming the first shape that cannot be selected.
@@ -78,8 +80,10 @@ def select_weights(teacher: nn.Module, student: nn.Module) -> Dict[str, torch.Te
         if s_block.attn.qkv.weight.shape[0] // (3 * s_heads) != head_dim:
             raise ValueError(f"block {i}: weight selection keeps whole heads; head width {head_dim} (teacher) vs "
                              f"{s_block.attn.qkv.weight.shape[0] // (3 * s_heads)} (student)")
-        heads = _heads_by_norm(t_block.attn, s_heads)
-        attn_dims = torch.tensor([h * head_dim + j for h in heads for j in range(head_dim)])
+        kept_heads = list(heads[i]) if heads is not None else _heads_by_norm(t_block.attn, s_heads)
+        if len(kept_heads) != s_heads or not all(0 <= h < t_heads for h in kept_heads):
+            raise ValueError(f"block {i}: heads {kept_heads} are not {s_heads} of the teacher's {t_heads}")
+        attn_dims = torch.tensor([h * head_dim + j for h in kept_heads for j in range(head_dim)])
         qkv_rows = torch.cat([part * t_heads * head_dim + attn_dims for part in range(3)])
         hidden = shared(f"mlp{i}", t_block.mlp.fc1.out_features, s_block.mlp.fc1.out_features)
         prefix = f"backbone.blocks.{i}."
