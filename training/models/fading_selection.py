@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 import torch
 from torch import nn
@@ -74,7 +74,8 @@ class FadingSelection:
         self.model = copy.deepcopy(teacher).requires_grad_(True)   # a frozen teacher gives a trainable copy
         t_blocks = list(self.model.backbone.blocks)
         s_blocks = list(student.backbone.blocks)
-        self.heads: List[List[int]] = [_heads_by_norm(t.attn, int(s.attn.num_heads)) for t, s in zip(t_blocks, s_blocks)]
+        self.heads: List[List[int]] = [_heads_by_norm(t.attn, int(s.attn.num_heads))
+                                       for t, s in zip(t_blocks, s_blocks)]
         roles = select_weights(self.model, copy.deepcopy(student), heads=self.heads)   # index sets only
         device = next(self.model.parameters()).device
 
@@ -88,8 +89,9 @@ class FadingSelection:
         self._handles = []
         for name, module in list(self.model.backbone.named_modules()):
             if isinstance(module, nn.LayerNorm) and module.normalized_shape == (width,):
-                parent = self.model.backbone.get_submodule(name.rsplit(".", 1)[0]) if "." in name else self.model.backbone
-                setattr(parent, name.rsplit(".", 1)[-1], _FadingLayerNorm(module, residual, self.fader))
+                parent_name, _, child = name.rpartition(".")
+                parent = self.model.backbone.get_submodule(parent_name) if parent_name else self.model.backbone
+                setattr(parent, child, _FadingLayerNorm(module, residual, self.fader))
         for i, block in enumerate(t_blocks):
             if i >= len(s_blocks):   # a trailing block the student lacks: its residual update fades
                 self._handles.append(block.register_forward_hook(self._fade_update))
@@ -110,6 +112,7 @@ class FadingSelection:
 
     @property
     def alpha(self) -> float:
+        """How much of the dropped parts is left: 1 = the teacher, 0 = the student's function."""
         return self.fader.alpha
 
     @alpha.setter
@@ -118,7 +121,7 @@ class FadingSelection:
             raise ValueError(f"alpha must be in [0, 1], got {value}")
         self.fader.alpha = float(value)
 
-    def _fade_update(self, _module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    def _fade_update(self, _module: nn.Module, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         return inputs[0] + self.fader.alpha * (output - inputs[0])
 
     def _fade_input(self, layer: nn.Module, keep: torch.Tensor, channel_dim: int) -> None:
@@ -126,7 +129,7 @@ class FadingSelection:
         shape[channel_dim] = -1
         keep = keep.view(shape)
 
-        def hook(_module: nn.Module, inputs):
+        def hook(_module: nn.Module, inputs: Tuple[torch.Tensor, ...]):
             if self.fader.alpha >= 1.0:
                 return None
             return (inputs[0] * _weights(keep.to(inputs[0]), self.fader),) + tuple(inputs[1:])
@@ -136,7 +139,8 @@ class FadingSelection:
         """Copy the faded model's kept weights into the student and return it (needs ``alpha == 0``
         for the student to compute what the faded model computed)."""
         if self.fader.alpha != 0.0:
-            raise ValueError(f"extract() needs alpha == 0 (the faded model is the student's function), got {self.alpha}")
+            raise ValueError(f"extract() needs alpha == 0 (the faded model is the student's function), "
+                             f"got {self.alpha}")
         select_weights(self.model, self.student, heads=self.heads)
         self.student.train(self.model.training)
         return self.student
