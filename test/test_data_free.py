@@ -589,7 +589,8 @@ def test_fading_student_trains_as_the_teacher_shape_and_returns_the_student(tmp_
     assert distiller.fading.alpha == 0.0 and student.backbone.embed_dim == 16
     assert any(not torch.equal(start[k], v) for k, v in distiller.student.state_dict().items())
     x = torch.rand(2, 3, 64, 64)
-    distiller.student.eval(), student.eval()
+    distiller.student.eval()
+    student.eval()
     with torch.no_grad():
         assert torch.allclose(distiller.student(x)["heatmap"], student(x)["heatmap"], atol=1e-5)
     with pytest.raises(ValueError, match="fade_fraction must be"):

@@ -518,11 +518,11 @@ def random_roll(images: torch.Tensor, max_shift: int, generator: torch.Generator
     """Per-image wrap-around shift of up to ``max_shift`` pixels per axis (differentiable, no
     resampling), with optional horizontal flips. A shift of half the image side or more puts
     every generated pixel equally often at every place the teacher looks."""
-    b, _, h, w = images.shape
+    b = images.shape[0]
     dy = torch.randint(-max_shift, max_shift + 1, (b,), generator=generator).tolist()
     dx = torch.randint(-max_shift, max_shift + 1, (b,), generator=generator).tolist()
     flips = (torch.rand(b, generator=generator) < 0.5).tolist() if flip else [False] * b
-    out = [torch.roll(img, shifts=(y % h, x % w), dims=(1, 2)) for img, y, x in zip(images, dy, dx)]
+    out = [torch.roll(img, shifts=(y, x), dims=(1, 2)) for img, y, x in zip(images, dy, dx)]
     return torch.stack([img.flip(2) if f else img for img, f in zip(out, flips)])
 
 
@@ -638,7 +638,7 @@ class DataFreeDistiller:
         self.fading: Optional[FadingSelection] = None
         if self.cfg.fade_fraction:
             # Train the teacher-shaped copy; `student` receives its weights when the fade is done.
-            self.fading = FadingSelection(teacher.to(self.device), student.to(self.device))
+            self.fading = FadingSelection(self.teacher, student.to(self.device))
             self._fade = cosine_fade(max(1, round(self.cfg.fade_fraction * self.cfg.steps)))
             student = self.fading.model
         self.student = student.to(self.device)

@@ -65,7 +65,7 @@ class FadingSelection:
 
     ``teacher`` and ``student`` as for :func:`select_weights` (the student is only a template
     of the shape; its weights are overwritten by :meth:`extract`). ``model`` is the copy to
-    train; set :attr:`alpha` as training goes (``schedule`` gives a cosine path).
+    train; set :attr:`alpha` as training goes (:func:`cosine_fade` gives a cosine path).
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module) -> None:
@@ -86,7 +86,6 @@ class FadingSelection:
 
         width = self.model.backbone.embed_dim
         residual = keep_mask(width, roles["residual"])
-        self._handles = []
         for name, module in list(self.model.backbone.named_modules()):
             if isinstance(module, nn.LayerNorm) and module.normalized_shape == (width,):
                 parent_name, _, child = name.rpartition(".")
@@ -94,7 +93,7 @@ class FadingSelection:
                 setattr(parent, child, _FadingLayerNorm(module, residual, self.fader))
         for i, block in enumerate(t_blocks):
             if i >= len(s_blocks):   # a trailing block the student lacks: its residual update fades
-                self._handles.append(block.register_forward_hook(self._fade_update))
+                block.register_forward_hook(self._fade_update)
                 continue
             heads, head_dim = int(block.attn.num_heads), block.attn.proj.in_features // int(block.attn.num_heads)
             attn = torch.zeros(heads * head_dim, device=device)
@@ -133,7 +132,7 @@ class FadingSelection:
             if self.fader.alpha >= 1.0:
                 return None
             return (inputs[0] * _weights(keep.to(inputs[0]), self.fader),) + tuple(inputs[1:])
-        self._handles.append(layer.register_forward_pre_hook(hook))
+        layer.register_forward_pre_hook(hook)
 
     def extract(self) -> nn.Module:
         """Copy the faded model's kept weights into the student and return it (needs ``alpha == 0``
