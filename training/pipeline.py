@@ -43,10 +43,11 @@ FINGERPRINT_FILE = "config.fingerprint"
 #: it was started from the same configuration.
 STARTED_FILE = "config.fingerprint.started"
 #: Train settings that change how a run goes, not what it produces: editing them (e.g. the CPU
-#: threads of a resumed run) keeps the cached stages. token_stats_images only changes the
-#: data-free prior stored beside the weights, never the weights.
+#: threads of a resumed run) keeps the cached stages. token_stats_images and
+#: layer_moments_images only change the data summaries stored beside the weights, never the weights.
 _RUNTIME_KEYS = ("threads", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
-                 "progress", "num_workers", "token_stats_images")
+                 "progress", "num_workers", "token_stats_images",
+                 "layer_moments_images")
 
 
 @dataclass

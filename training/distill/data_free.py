@@ -71,7 +71,8 @@ AUGMENT_MODES = ("roll", "crop")
 GENERATOR_JITTERS = ("none", "roll", "crop")
 DETECTION_PRIORS = ("topk", "peaks", "layout")
 STATS_SOURCES = ("auto", "teacher", "noise")
-STUDENT_INITS = ("random", "weight_selection")
+STUDENT_INITS = ("random", "weight_selection", "compensated_selection")
+MOMENT_SOURCES = ("auto", "teacher", "procedural")
 CANVASES = ("none", "dead_leaves")
 PROCEDURAL_STYLES = ("flat", "textured")
 PALETTES = ("random", "teacher")
@@ -1189,6 +1190,32 @@ def _load_model(spec: Any, task: str, role: str) -> nn.Module:
     raise ValueError(f"{role} {spec!r} is neither a file nor one of {config_names()}")
 
 
+def teacher_layer_moments(teacher: nn.Module, stored: Optional[Mapping[str, Any]], source: str = "auto",
+                          images: int = 256, seed: int = 0) -> Tuple[Mapping[str, Any], str]:
+    """``(moments, source used)``: the teacher's layer-input moments for compensated selection.
+
+    ``stored`` is what its checkpoint carries (``layer_moments.from_checkpoint``; ``None`` for
+    a teacher trained elsewhere). ``source``: "teacher" insists on them, "procedural" measures
+    them on ``images`` textured dead-leaves images instead (no data at all, a weaker start:
+    mAP@0.5 0.13 against 0.21 for the benchmark's student), "auto" takes the stored ones when
+    there are any.
+    """
+    from evit_training.models.layer_moments import record_layer_moments
+
+    if source not in MOMENT_SOURCES:
+        raise ValueError(f"compensation moments source must be one of {MOMENT_SOURCES}, got {source!r}")
+    if source in ("auto", "teacher") and stored is not None:
+        return stored, "teacher"
+    if source == "teacher":
+        raise ValueError("compensation_moments 'teacher': the teacher checkpoint carries no layer_moments "
+                         "(train it with the project's trainer, or use 'procedural')")
+    size, channels = _model_geometry(teacher)
+    rng = torch.Generator().manual_seed(seed)
+    batches = (dead_leaves(min(32, images - start), size, rng, channels=channels, textured=True)
+               for start in range(0, images, 32))
+    return record_layer_moments(teacher, batches)[0], "procedural"
+
+
 def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path]] = None,
                     resume: bool = True, show_progress: bool = True,
                     device: Optional[str] = None) -> Dict[str, Any]:
@@ -1196,15 +1223,20 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
 
     Keys: ``task`` ("classification"|"detection"), ``teacher`` (checkpoint path; a teacher
     must be trained - a named config would be random), ``student`` (named config or
-    checkpoint to start from), ``student_init`` ("random", or "weight_selection": a named
+    checkpoint to start from), ``student_init`` ("random"; "weight_selection": a named
     student starts from a consistent subset of the teacher's weights, see
-    :mod:`evit_training.models.weight_selection`), ``out_dir``, ``data_free``
+    :mod:`evit_training.models.weight_selection`; "compensated_selection" (detection): the
+    same, then every layer that lost inputs refit in closed form from the teacher's
+    layer-input moments, see :mod:`evit_training.models.compensation`),
+    ``compensation_moments`` ("auto": the teacher checkpoint's ``layer_moments``, else
+    measured on procedural images; "teacher"; "procedural"), ``out_dir``, ``data_free``
     (:class:`DataFreeConfig` fields),
     optional ``evaluate`` ("digits": accuracy on the digits test split, for the study only).
     ``device``: "cpu", "cuda", "cuda:N" or "auto"/None (CUDA when available).
     Returns ``{"student": path of the saved student, "out_dir", "steps", "elapsed_s", ...}``.
     """
-    allowed = {"task", "teacher", "student", "student_init", "out_dir", "data_free", "evaluate"}
+    allowed = {"task", "teacher", "student", "student_init", "compensation_moments", "out_dir", "data_free",
+               "evaluate"}
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in data-free config; allowed: {sorted(allowed)}")
@@ -1216,28 +1248,41 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
     if isinstance(config["teacher"], str) and not Path(config["teacher"]).is_file():
         raise FileNotFoundError(f"teacher checkpoint not found: {config['teacher']} (data-free KD needs a "
                                 "trained teacher; train one with `evit train` first)")
+    student_init = config.get("student_init", "random")
+    if student_init not in STUDENT_INITS:
+        raise ValueError(f"student_init must be one of {STUDENT_INITS}, got {student_init!r}")
+    moments_source = config.get("compensation_moments", "auto")
+    if moments_source not in MOMENT_SOURCES:
+        raise ValueError(f"compensation_moments must be one of {MOMENT_SOURCES}, got {moments_source!r}")
+    if student_init == "compensated_selection" and task != "detection":
+        raise ValueError("student_init 'compensated_selection' refits detectors; use 'weight_selection' "
+                         f"for task {task!r}")
     out = Path(out_dir or config.get("out_dir") or "runs/data_free")
     cfg = DataFreeConfig.from_dict(config.get("data_free") or {})
     teacher = _load_model(config["teacher"], task, "teacher")
-    token_stats = None
-    if isinstance(config["teacher"], str):
-        from evit_training.distill.token_statistics import from_checkpoint
-        token_stats = from_checkpoint(torch.load(config["teacher"], map_location="cpu", weights_only=False))
+    # What the teacher file carries besides its weights: token statistics, layer moments.
+    teacher_doc = torch.load(config["teacher"], map_location="cpu", weights_only=False) \
+        if isinstance(config["teacher"], str) else {}
+    from evit_training.distill.token_statistics import from_checkpoint
+    token_stats = from_checkpoint(teacher_doc)
     student_spec = config.get("student", "digits_student" if task == "classification" else "student_tiny")
     student = _load_model(student_spec, task, "student")
-    student_init = config.get("student_init", "random")
     inherited = None
-    if student_init not in STUDENT_INITS:
-        raise ValueError(f"student_init must be one of {STUDENT_INITS}, got {student_init!r}")
     if cfg.fade_fraction and student_init != "weight_selection":
         raise ValueError("data_free.fade_fraction is weight selection done gradually: it needs "
                          f"student_init: weight_selection, got {student_init!r}")
-    if student_init == "weight_selection":
+    if student_init in ("weight_selection", "compensated_selection"):
         if isinstance(student_spec, str) and Path(student_spec).is_file():
-            raise ValueError("student_init 'weight_selection' initialises a named student config; "
+            raise ValueError(f"student_init {student_init!r} initialises a named student config; "
                              f"{student_spec} is a checkpoint with weights of its own")
+    if student_init == "weight_selection":
         from evit_training.models.weight_selection import select_weights
         inherited = select_weights(teacher, student)["residual"]
+    elif student_init == "compensated_selection":
+        from evit_training.models.compensation import compensated_selection
+        from evit_training.models.layer_moments import from_checkpoint as moments_from_checkpoint
+        moments, moments_source = teacher_layer_moments(teacher, moments_from_checkpoint(teacher_doc), moments_source)
+        inherited = compensated_selection(teacher, student, moments)["residual"]
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     distiller = DataFreeDistiller(teacher, student, cfg, out, task=task, resume=resume,
@@ -1250,6 +1295,8 @@ def run_from_config(config: Mapping[str, Any], out_dir: Optional[Union[str, Path
     distiller.close()
     result: Dict[str, Any] = {"out_dir": str(out), "steps": distiller.step, "elapsed_s": round(distiller.elapsed_s, 2),
                               "feature_stats_source": distiller.stats_source, "student_init": student_init}
+    if student_init == "compensated_selection":
+        result["compensation_moments"] = moments_source
     if task == "classification":
         from evit_training.classification.models import save_classifier
         result["student"] = str(save_classifier(student, out / "student.pt", data_free=asdict(cfg)))

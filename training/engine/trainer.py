@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from evit_training.distill.objective import DistillationObjective, KDConfig
 from evit_training.distill import token_statistics
 from evit_training.distill.teacher_cache import TeacherCache
+from evit_training.models import layer_moments
 from evit_training.models.checkpoint import load_checkpoint, save_checkpoint, unwrap
 
 from .distributed import DistContext, all_reduce_mean, barrier, setup_distributed
@@ -71,6 +72,9 @@ class TrainConfig:
     # Training images whose token statistics go into model.pt (the data-free KD prior,
     # see distill/token_statistics.py); 0 records none.
     token_stats_images: int = 256
+    # Training images whose layer-input moments go into model.pt (what compensated weight
+    # selection refits a cut student with, see models/layer_moments.py); 0 records none.
+    layer_moments_images: int = 256
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -85,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
         if self.token_stats_images < 0:
             raise ValueError(f"train.token_stats_images must be >= 0, got {self.token_stats_images}")
+        if self.layer_moments_images < 0:
+            raise ValueError(f"train.layer_moments_images must be >= 0, got {self.layer_moments_images}")
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, min_ratio: float) -> float:
@@ -321,6 +327,10 @@ class Trainer:
                 stats, count = token_statistics.record_token_statistics(
                     student, token_statistics.dataset_batches(self.train_dataset, cfg.token_stats_images))
                 meta[token_statistics.CHECKPOINT_KEY] = token_statistics.to_checkpoint(stats, count)
+            if cfg.layer_moments_images:
+                moments, count = layer_moments.record_layer_moments(
+                    student, token_statistics.dataset_batches(self.train_dataset, cfg.layer_moments_images))
+                meta[layer_moments.CHECKPOINT_KEY] = layer_moments.to_checkpoint(moments, count)
             save_checkpoint(student, self.out_dir / "model.pt", **meta)
             self.history.save(self.out_dir, "distill" if self.kd else "train")
         barrier(ctx)

@@ -46,7 +46,8 @@ def select_weights(teacher: nn.Module, student: nn.Module,
     fewer blocks, a narrower residual stream, fewer heads, a narrower MLP and head.
     ``heads`` (per student block, the teacher heads to keep) overrides the choice by weight norm.
     Returns the teacher indices kept per role: ``"residual"`` (the residual-stream channels,
-    which also say where the student's tokens sit in the teacher's), ``"mlp<i>"``, ``"head"``.
+    which also say where the student's tokens sit in the teacher's), ``"attn<i>"`` (block i's
+    attention channels, whole heads), ``"mlp<i>"``, ``"head"``.
     Raises ``ValueError`` naming the first shape that cannot be selected.
     """
     t_vit, s_vit = teacher.backbone, student.backbone
@@ -84,6 +85,7 @@ def select_weights(teacher: nn.Module, student: nn.Module,
         if len(kept_heads) != s_heads or not all(0 <= h < t_heads for h in kept_heads):
             raise ValueError(f"block {i}: heads {kept_heads} are not {s_heads} of the teacher's {t_heads}")
         attn_dims = torch.tensor([h * head_dim + j for h in kept_heads for j in range(head_dim)])
+        index_sets[(f"attn{i}", t_heads * head_dim, s_heads * head_dim)] = attn_dims
         qkv_rows = torch.cat([part * t_heads * head_dim + attn_dims for part in range(3)])
         hidden = shared(f"mlp{i}", t_block.mlp.fc1.out_features, s_block.mlp.fc1.out_features)
         prefix = f"backbone.blocks.{i}."
