@@ -36,3 +36,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def trained_micro_teacher(tmp_path_factory):
+    """``(model.pt path, dataset)``: a micro detector trained 30 steps on 16 real synthetic
+    scenes by the project's trainer, which stores token statistics (first 6 images) and layer
+    moments (all 16) in the checkpoint; a teacher worth compressing, in seconds."""
+    import torch
+
+    from evit_training.data.datasets import DetectionDataset
+    from evit_training.data.synthetic import generate_dataset
+    from evit_training.engine.trainer import TrainConfig, Trainer
+    from evit_training.models import create_detector
+
+    root = tmp_path_factory.mktemp("micro_teacher")
+    scenes = generate_dataset(root, num_images=16, image_size=96, seed=5, val_fraction=0.0, progress=False)
+    dataset = DetectionDataset(scenes["train"]["annotations"], input_size=64, train=False)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=30, batch_size=8, lr=3e-3, progress=False, threads=1, token_stats_images=6,
+                      layer_moments_images=16)
+    Trainer(create_detector("test_micro"), dataset, cfg, root / "teacher").fit()
+    torch.set_num_threads(previous)
+    return root / "teacher" / "model.pt", dataset

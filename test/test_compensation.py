@@ -12,8 +12,6 @@ pytest.importorskip("timm")
 from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from evit_training.data.datasets import DetectionDataset  # noqa: E402
-from evit_training.data.synthetic import generate_dataset  # noqa: E402
 from evit_training.distill.data_free import run_from_config, teacher_layer_moments  # noqa: E402
 from evit_training.distill.token_statistics import dataset_batches  # noqa: E402
 from evit_training.engine.trainer import TrainConfig, Trainer  # noqa: E402
@@ -27,22 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(embed_dim=16, depth=1, num_heads=1, head_channels=8)   # a third-ish of test_micro everywhere
-
-
-@pytest.fixture(scope="module")
-def trained_teacher(tmp_path_factory):
-    """A micro detector trained on real synthetic scenes (the trainer records its moments)."""
-    root = tmp_path_factory.mktemp("scenes")
-    scenes = generate_dataset(root, num_images=16, image_size=96, seed=5, val_fraction=0.0, progress=False)
-    dataset = DetectionDataset(scenes["train"]["annotations"], input_size=64, train=False)
-    torch.manual_seed(0)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    cfg = TrainConfig(steps=30, batch_size=8, lr=3e-3, progress=False, threads=1, token_stats_images=8,
-                      layer_moments_images=16)
-    Trainer(create_detector("test_micro"), dataset, cfg, root / "teacher").fit()
-    torch.set_num_threads(previous)
-    return root / "teacher" / "model.pt", dataset
 
 
 def _affine_inputs(n: int, kept: int, dropped: int, generator: torch.Generator, offset: bool = True) -> torch.Tensor:
@@ -148,8 +130,8 @@ def test_refit_layer_needs_somewhere_to_put_a_constant():
         refit_layer(teacher, nn.Conv2d(3, 4, 1, bias=False).double(), a, c, None, None)
 
 
-def test_an_uncut_student_stays_an_exact_copy(trained_teacher):
-    path, _ = trained_teacher
+def test_an_uncut_student_stays_an_exact_copy(trained_micro_teacher):
+    path, _ = trained_micro_teacher
     teacher, moments = load_model(path), lm.from_checkpoint(load_checkpoint(path))
     student = create_detector("test_micro").eval()
     compensated_selection(teacher, student, moments)
@@ -167,8 +149,8 @@ def _gap(student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> float:
                  + (s["size"] - t["size"]).abs().mean())
 
 
-def test_a_cut_student_copies_the_teacher_better_than_plain_selection(trained_teacher):
-    path, dataset = trained_teacher
+def test_a_cut_student_copies_the_teacher_better_than_plain_selection(trained_micro_teacher):
+    path, dataset = trained_micro_teacher
     teacher, moments = load_model(path), lm.from_checkpoint(load_checkpoint(path))
     images = torch.cat(list(dataset_batches(dataset, 16)))
     plain, compensated = create_detector("test_micro", **SMALL), create_detector("test_micro", **SMALL)
@@ -178,8 +160,8 @@ def test_a_cut_student_copies_the_teacher_better_than_plain_selection(trained_te
     assert _gap(compensated, teacher, images) < 0.7 * _gap(plain, teacher, images)
 
 
-def test_moments_of_another_architecture_are_refused(trained_teacher):
-    path, _ = trained_teacher
+def test_moments_of_another_architecture_are_refused(trained_micro_teacher):
+    path, _ = trained_micro_teacher
     teacher = load_model(path)
     other, _ = lm.record_layer_moments(create_detector("test_micro", embed_dim=64, num_heads=4),
                                        [torch.rand(2, 3, 64, 64)])
@@ -189,8 +171,8 @@ def test_moments_of_another_architecture_are_refused(trained_teacher):
         lm.record_layer_moments(nn.Sequential(nn.Conv2d(3, 4, 3)), [torch.rand(1, 3, 8, 8)])
 
 
-def test_trainer_stores_moments_and_zero_images_stores_none(trained_teacher, tmp_path):
-    path, dataset = trained_teacher
+def test_trainer_stores_moments_and_zero_images_stores_none(trained_micro_teacher, tmp_path):
+    path, dataset = trained_micro_teacher
     doc = load_checkpoint(path)
     assert doc[lm.CHECKPOINT_KEY]["images"] == 16
     moments = lm.from_checkpoint(doc)
@@ -203,8 +185,8 @@ def test_trainer_stores_moments_and_zero_images_stores_none(trained_teacher, tmp
         TrainConfig(layer_moments_images=-1).validate()
 
 
-def test_moment_sources(trained_teacher):
-    path, _ = trained_teacher
+def test_moment_sources(trained_micro_teacher):
+    path, _ = trained_micro_teacher
     teacher, stored = load_model(path), lm.from_checkpoint(load_checkpoint(path))
     assert teacher_layer_moments(teacher, stored, "auto")[1] == "teacher"
     measured, source = teacher_layer_moments(teacher, None, "auto", images=8)
@@ -226,8 +208,8 @@ def _config(path, out, **extra):
     return cfg
 
 
-def test_the_shipped_detection_config_starts_from_the_compensated_student(trained_teacher, tmp_path):
-    path, _ = trained_teacher
+def test_the_shipped_detection_config_starts_from_the_compensated_student(trained_micro_teacher, tmp_path):
+    path, _ = trained_micro_teacher
     result = run_from_config(_config(path, tmp_path / "df"), show_progress=False)
     assert result["student_init"] == "compensated_selection" and result["compensation_moments"] == "teacher"
     assert load_model(result["student"]).config["embed_dim"] == 32

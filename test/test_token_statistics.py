@@ -7,28 +7,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from evit_training.data.datasets import DetectionDataset  # noqa: E402
-from evit_training.data.synthetic import generate_dataset  # noqa: E402
 from evit_training.distill import token_statistics as ts  # noqa: E402
 from evit_training.distill.data_free import DataFreeConfig, DataFreeDistiller, run_from_config  # noqa: E402
-from evit_training.engine.trainer import TrainConfig, Trainer  # noqa: E402
 from evit_training.models import create_detector  # noqa: E402
 from evit_training.models.checkpoint import load_checkpoint  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def trained_teacher(tmp_path_factory):
-    """A micro detector trained a few steps on real synthetic scenes; its model.pt."""
-    root = tmp_path_factory.mktemp("scenes")
-    scenes = generate_dataset(root, num_images=8, image_size=96, seed=11, val_fraction=0.0, progress=False)
-    dataset = DetectionDataset(scenes["train"]["annotations"], input_size=64, train=False)
-    torch.manual_seed(0)
-    cfg = TrainConfig(steps=3, batch_size=4, lr=2e-3, progress=False, threads=1, token_stats_images=6)
-    Trainer(create_detector("test_micro"), dataset, cfg, root / "teacher").fit()
-    return root / "teacher" / "model.pt", dataset
 
 
 def _tiny_df(**overrides) -> DataFreeConfig:
@@ -54,8 +39,8 @@ def test_streamed_statistics_equal_the_batch_formula():
     assert not any(b.norm1._forward_pre_hooks for b in model.backbone.blocks), "hooks must be removed"
 
 
-def test_trainer_stores_statistics_of_its_training_images(trained_teacher):
-    path, dataset = trained_teacher
+def test_trainer_stores_statistics_of_its_training_images(trained_micro_teacher):
+    path, dataset = trained_micro_teacher
     doc = load_checkpoint(path)
     stats = ts.from_checkpoint(doc)
     assert doc[ts.CHECKPOINT_KEY]["images"] == 6
@@ -70,10 +55,10 @@ def test_trainer_stores_statistics_of_its_training_images(trained_teacher):
     assert not torch.allclose(stats[-1][1], noise[-1][1], rtol=0.05)
 
 
-def test_data_free_uses_the_teachers_statistics_unless_told_not_to(trained_teacher, tmp_path):
+def test_data_free_uses_the_teachers_statistics_unless_told_not_to(trained_micro_teacher, tmp_path):
     from evit_training.models.checkpoint import load_model
 
-    path, _ = trained_teacher
+    path, _ = trained_micro_teacher
     stored = ts.from_checkpoint(load_checkpoint(path))
     teacher = load_model(path)
 
@@ -96,8 +81,8 @@ def test_data_free_uses_the_teachers_statistics_unless_told_not_to(trained_teach
         DataFreeConfig.from_dict({"feature_stats_source": "data"})
 
 
-def test_run_from_config_reads_statistics_from_the_teacher_file(trained_teacher, tmp_path):
-    path, _ = trained_teacher
+def test_run_from_config_reads_statistics_from_the_teacher_file(trained_micro_teacher, tmp_path):
+    path, _ = trained_micro_teacher
     cfg = {"task": "detection", "teacher": str(path), "student": "test_micro", "out_dir": str(tmp_path),
            "data_free": {k: v for k, v in vars(_tiny_df()).items()}}
     result = run_from_config(cfg, show_progress=False, device="cpu")

@@ -68,18 +68,12 @@ class _Accumulator:
         # Products of one batch in float32 (fast), summed over batches in float64 (exact enough
         # for thousands of images).
         x = source.detach().float()
-        if self.sum is None:
-            self.sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-            self.outer = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-        self.sum += x.sum(0, dtype=torch.float64)
-        self.outer += (x.T @ x).double()
+        self.sum = _plus(self.sum, x.sum(0, dtype=torch.float64))
+        self.outer = _plus(self.outer, (x.T @ x).double())
         if target is not None:
             y = target.detach().float()
-            if self.target_sum is None:
-                self.target_sum = torch.zeros(y.shape[1], dtype=torch.float64, device=y.device)
-                self.cross = torch.zeros(y.shape[1], x.shape[1], dtype=torch.float64, device=y.device)
-            self.target_sum += y.sum(0, dtype=torch.float64)
-            self.cross += (y.T @ x).double()
+            self.target_sum = _plus(self.target_sum, y.sum(0, dtype=torch.float64))
+            self.cross = _plus(self.cross, (y.T @ x).double())
         self.count += x.shape[0]
 
     def moments(self) -> Moments:
@@ -91,6 +85,10 @@ class _Accumulator:
             out.target_mean = target_mean.float().cpu()
             out.cross = (self.cross / self.count - torch.outer(target_mean, mean)).float().cpu()
         return out
+
+
+def _plus(total: Optional[torch.Tensor], value: torch.Tensor) -> torch.Tensor:
+    return value if total is None else total + value
 
 
 def _channels_last(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
