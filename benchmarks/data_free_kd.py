@@ -23,7 +23,7 @@ report.json-compatible ``stages`` list (``name, params, macs, size_mb, latency_m
 map50_95, input_size, accuracy``). Wall-clock per arm is reported, since the generator's
 steps make data-free KD several times slower than real-data KD at equal student steps.
 
-    .venv/bin/python benchmarks/data_free_kd.py [--steps 1200] [--seeds 3] [--no-digits] [--no-detection] [--threads 1]
+    .venv/bin/python benchmarks/data_free_kd.py [--steps 1200] [--seeds 3] [--no-digits] [--no-detection] [--threads 1] [--resume]
 """
 from __future__ import annotations
 
@@ -240,16 +240,18 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
               flush=True)
         rows.append(r)
 
-    def train_cfg(steps: int, seed: int, batch: int = args.det_batch) -> TrainConfig:
+    def train_cfg(steps: int, seed: int, batch: int = args.det_batch, moments: int = 0) -> TrainConfig:
+        # Only the teacher needs layer moments (the compensated starts read them).
         return TrainConfig(steps=steps, batch_size=batch, lr=2e-3, seed=seed, threads=args.threads,
-                           progress=True, log_every=10)
+                           progress=True, log_every=10, layer_moments_images=moments)
 
     if args.det_teacher:
         teacher, t_wall, t_steps = load_model(args.det_teacher), 0.0, 0
         token_stats = from_checkpoint(load_checkpoint(args.det_teacher))
     else:
         teacher, t_wall, token_stats = detection_teacher(
-            work / "detection" / f"teacher_{args.det_images}", train, train_cfg(args.det_teacher_steps, 0, args.det_teacher_batch),
+            work / "detection" / f"teacher_{args.det_images}", train,
+            train_cfg(args.det_teacher_steps, 0, args.det_teacher_batch, moments=256),
             args.retrain_teacher)
         t_steps = args.det_teacher_steps
     teacher.eval()
@@ -289,6 +291,16 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
                               teacher=teacher, kd=kd).fit) for k in range(seeds)]
         row(f"kd_real{suffix}", [m for m, _ in runs], [w for _, w in runs], args.det_steps, student_init=init)
 
+    def same_run(checkpoint: Path, cfg: DataFreeConfig) -> bool:
+        """Whether ``checkpoint`` is a data-free game of exactly ``cfg`` (safe to continue)."""
+        if not checkpoint.is_file():
+            return False
+        stored = torch.load(checkpoint, map_location="cpu", weights_only=False).get("config")
+        if stored != dataclasses.asdict(cfg):
+            print(f"[detect] {checkpoint} ran other settings; starting that game over", flush=True)
+            return False
+        return True
+
     def data_free_arm(init: str, suffix: str, seeds: int, samples: bool = False) -> None:
         runs, source = [], None
         for k in range(seeds):
@@ -296,9 +308,12 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
             # The inherited-token loss needs a weight-selected student; a random one goes without.
             cfg = dataclasses.replace(df_cfg, seed=df_cfg.seed + k,
                                       w_inherited_tokens=df_cfg.w_inherited_tokens if inherited is not None else 0.0)
-            distiller = DataFreeDistiller(teacher, s, cfg, run_dir(f"data_free{suffix}", k), task="detection",
-                                          resume=False, token_stats=token_stats, inherited_channels=inherited)
-            _, wall = timed(distiller.fit)
+            out = run_dir(f"data_free{suffix}", k)
+            resume = args.resume and same_run(out / "last.pt", cfg)
+            distiller = DataFreeDistiller(teacher, s, cfg, out, task="detection", resume=resume,
+                                          token_stats=token_stats, inherited_channels=inherited)
+            distiller.fit()
+            wall = round(distiller.elapsed_s, 1)   # the game's own clock, kept across a resume
             if samples and k == 0:
                 shrink_png(distiller.save_grid(HERE / "data_free_kd_detection_samples.png"), width=640)
                 shrink_png(distiller.save_student_view(HERE / "data_free_kd_detection_student_view.png"), width=640)
@@ -543,6 +558,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--det-seeds", type=int, default=1,
                         help="seeds of the weight-selected kd_real and data_free detection arms (mean reported)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the detection data-free games of an interrupted run from their last.pt "
+                             "(same settings only; each game takes ~15 min); supervised arms rerun")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "data_free_kd")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a data_free option for the digits arm (YAML value)")

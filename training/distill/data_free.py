@@ -1196,9 +1196,9 @@ def teacher_layer_moments(teacher: nn.Module, stored: Optional[Mapping[str, Any]
 
     ``stored`` is what its checkpoint carries (``layer_moments.from_checkpoint``; ``None`` for
     a teacher trained elsewhere). ``source``: "teacher" insists on them, "procedural" measures
-    them on ``images`` textured dead-leaves images instead (no data at all, a weaker start:
-    mAP@0.5 0.13 against 0.21 for the benchmark's student), "auto" takes the stored ones when
-    there are any.
+    them on ``images`` textured dead-leaves images instead (no data at all; a weaker start,
+    mAP@0.5 0.13 against 0.21 for the benchmark's student, which after data-free KD ends where
+    a plain cut ends), "auto" takes the stored ones when there are any.
     """
     from evit_training.models.layer_moments import record_layer_moments
 
