@@ -422,7 +422,10 @@ def write_outputs(rows: List[Dict[str, Any]], args, started: str) -> None:
     lines = ["# Data-free KD benchmark", "",
              f"Run {started} on `{platform.node()}` ({platform.processor() or platform.machine()}), torch threads "
              f"{args.threads}; the machine was shared with other jobs, so wall-clock figures are indicative.",
-             f"Command: `.venv/bin/python benchmarks/data_free_kd.py {' '.join(args.argv)}`", "",
+             f"Command: `.venv/bin/python benchmarks/data_free_kd.py {' '.join(args.argv)}`"
+             + (" (`--resume`: data-free games an interrupted run had left in the work folder with the same "
+                "settings were continued from their checkpoints, bit for bit; their wall-clock is the game's own, "
+                "summed over both runs)" if getattr(args, "resume", False) else ""), "",
              "Digits: every arm (teacher included) trains on the fit split, "
              f"{100 - round(100 * args.val_fraction)}% of the training images; the validation split (the other "
              f"{round(100 * args.val_fraction)}%) was the only one used to tune the data-free method; **accuracy** is "
