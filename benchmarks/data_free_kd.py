@@ -245,20 +245,21 @@ def detection_arms(args, work: Path) -> List[Dict[str, Any]]:
         return TrainConfig(steps=steps, batch_size=batch, lr=2e-3, seed=seed, threads=args.threads,
                            progress=True, log_every=10, layer_moments_images=moments)
 
+    teacher_path = Path(args.det_teacher) if args.det_teacher else \
+        work / "detection" / f"teacher_{args.det_images}" / "model.pt"
     if args.det_teacher:
-        teacher, t_wall, t_steps = load_model(args.det_teacher), 0.0, 0
-        token_stats = from_checkpoint(load_checkpoint(args.det_teacher))
+        teacher, t_wall, t_steps = load_model(teacher_path), 0.0, 0
     else:
-        teacher, t_wall, token_stats = detection_teacher(
-            work / "detection" / f"teacher_{args.det_images}", train,
-            train_cfg(args.det_teacher_steps, 0, args.det_teacher_batch, moments=256),
+        teacher, t_wall, _ = detection_teacher(
+            teacher_path.parent, train, train_cfg(args.det_teacher_steps, 0, args.det_teacher_batch, moments=256),
             args.retrain_teacher)
         t_steps = args.det_teacher_steps
     teacher.eval()
     row("teacher", [teacher], [t_wall], t_steps)
 
-    teacher_doc = load_checkpoint(args.det_teacher) if args.det_teacher else \
-        load_checkpoint(work / "detection" / f"teacher_{args.det_images}" / "model.pt")
+    # What the teacher file carries besides its weights, read once: token statistics, layer moments.
+    teacher_doc = load_checkpoint(teacher_path)
+    token_stats = from_checkpoint(teacher_doc)
     moments = {"teacher": teacher_layer_moments(teacher, layer_moments.from_checkpoint(teacher_doc), "teacher")[0]}
 
     def student(init: str) -> tuple:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .layer_moments import FINAL_NORM_READER, Moments
-from .weight_selection import select_weights
+from .weight_selection import qkv_rows, select_weights
 
 
 @dataclass
@@ -54,7 +54,7 @@ def compensated_selection(teacher: nn.Module, student: nn.Module, moments: Mappi
         raise ValueError(f"ridge must be in [0, 1), got {ridge}")
     kept = select_weights(teacher, student)
     t_layers, s_layers = dict(teacher.named_modules()), dict(student.named_modules())
-    for reader in _readers(teacher, student, kept):
+    for reader in _readers(t_layers, student, kept):
         entry = moments.get(reader.moments)
         t_layer = t_layers[reader.name]
         if entry is None:
@@ -68,22 +68,22 @@ def compensated_selection(teacher: nn.Module, student: nn.Module, moments: Mappi
     return kept
 
 
-def _readers(teacher: nn.Module, student: nn.Module, kept: Mapping[str, torch.Tensor]) -> List[_Reader]:
-    """The layers of a weight-selected :class:`ViTDetector` whose inputs changed."""
+def _readers(t_modules: Mapping[str, nn.Module], student: nn.Module,
+             kept: Mapping[str, torch.Tensor]) -> List[_Reader]:
+    """The layers of a weight-selected :class:`ViTDetector` whose inputs changed
+    (``t_modules``: the teacher's modules by name)."""
     head = getattr(student, "head", None)
-    if head is None or not hasattr(head, "neck") or not hasattr(teacher, "head"):
+    if head is None or not hasattr(head, "neck") or "head" not in t_modules:
         raise ValueError(f"compensated selection refits ViT detectors (a dense .head with a .neck); "
                          f"got {type(student).__name__}")
-    t_modules = dict(teacher.named_modules())
-    t_blocks = list(teacher.backbone.blocks)
+    t_blocks = list(t_modules["backbone.blocks"])
     residual = kept["residual"]
     readers: List[_Reader] = []
     for i in range(len(student.backbone.blocks)):
         attn, hidden = kept[f"attn{i}"], kept[f"mlp{i}"]
-        attn_width = t_blocks[i].attn.qkv.out_features // 3
-        qkv_rows = torch.cat([part * attn_width + attn for part in range(3)])
+        rows = qkv_rows(attn, t_blocks[i].attn.qkv.out_features // 3)
         prefix = f"backbone.blocks.{i}."
-        readers += [_Reader(prefix + "attn.qkv", residual, qkv_rows, prefix + "attn.qkv"),
+        readers += [_Reader(prefix + "attn.qkv", residual, rows, prefix + "attn.qkv"),
                     _Reader(prefix + "attn.proj", attn, residual, prefix + "attn.proj"),
                     _Reader(prefix + "mlp.fc1", residual, hidden, prefix + "mlp.fc1"),
                     _Reader(prefix + "mlp.fc2", hidden, residual, prefix + "mlp.fc2")]
@@ -121,7 +121,7 @@ def _batchnorm_after(model: nn.Module, name: str) -> Optional[nn.BatchNorm2d]:
 
 @torch.no_grad()
 def refit_layer(t_layer: nn.Module, s_layer: nn.Module, a: torch.Tensor, c: torch.Tensor,
-           keep_out: Optional[torch.Tensor], batchnorm: Optional[nn.BatchNorm2d]) -> None:
+                keep_out: Optional[torch.Tensor], batchnorm: Optional[nn.BatchNorm2d]) -> None:
     """Set ``s_layer`` (Linear, Conv2d or ConvTranspose2d) to ``t_layer`` reading ``A x[kept] + c``
     instead of its full input ``x``: ``W' = W A`` restricted to the outputs ``keep_out`` (None:
     all), and ``W c`` added to the bias, or, for a layer without one, taken off the running mean

@@ -36,6 +36,12 @@ def _heads_by_norm(attn: nn.Module, keep: int) -> List[int]:
     return sorted(score.topk(keep).indices.tolist())
 
 
+def qkv_rows(attn_channels: torch.Tensor, attn_width: int) -> torch.Tensor:
+    """Rows of a fused ``qkv`` projection (q, k, v stacked, ``attn_width`` each) that produce the
+    attention channels ``attn_channels``."""
+    return torch.cat([part * attn_width + attn_channels for part in range(3)])
+
+
 def select_weights(teacher: nn.Module, student: nn.Module,
                    heads: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, torch.Tensor]:
     """Overwrite ``student``'s weights with a consistent selection of ``teacher``'s.
@@ -86,12 +92,12 @@ def select_weights(teacher: nn.Module, student: nn.Module,
             raise ValueError(f"block {i}: heads {kept_heads} are not {s_heads} of the teacher's {t_heads}")
         attn_dims = torch.tensor([h * head_dim + j for h in kept_heads for j in range(head_dim)])
         index_sets[(f"attn{i}", t_heads * head_dim, s_heads * head_dim)] = attn_dims
-        qkv_rows = torch.cat([part * t_heads * head_dim + attn_dims for part in range(3)])
+        rows = qkv_rows(attn_dims, t_heads * head_dim)
         hidden = shared(f"mlp{i}", t_block.mlp.fc1.out_features, s_block.mlp.fc1.out_features)
         prefix = f"backbone.blocks.{i}."
         plan = {
             "norm1.weight": [residual], "norm1.bias": [residual],
-            "attn.qkv.weight": [qkv_rows, residual], "attn.qkv.bias": [qkv_rows],
+            "attn.qkv.weight": [rows, residual], "attn.qkv.bias": [rows],
             "attn.proj.weight": [residual, attn_dims], "attn.proj.bias": [residual],
             "norm2.weight": [residual], "norm2.bias": [residual],
             "mlp.fc1.weight": [hidden, residual], "mlp.fc1.bias": [hidden],
